@@ -1,0 +1,340 @@
+"""The validated intermediate representation: the contract between the language and backends.
+
+Every value is explicit (defaults filled in, parameters evaluated, `extends` and recipes merged),
+and every node keeps the span of the statement it came from, so later checks can point into
+the source. Backends read only these models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
+
+
+StemKind = Literal["imagenet", "cifar", "deep"]
+BlockKind = Literal["basic", "bottleneck"]
+ShortcutKind = Literal["A", "B", "C", "D", "none"]
+DatasetKind = Literal["cifar10", "cifar100", "mnist", "fashion_mnist", "imagefolder", "synthetic"]
+
+Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
+PositiveFloat = Annotated[float, Field(gt=0.0)]
+
+
+class Node(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Where the node was written (a `Span`, or None for a default). Set by the resolver, never
+    # by users, so it is not validated: typed Any, which keeps importing the IR fast.
+    span: Any = Field(default=None, exclude=True, repr=False)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal when every field but `span` is: where a value was written is not what it is."""
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(
+            getattr(self, name) == getattr(other, name)
+            for name in type(self).model_fields
+            if name != "span"
+        )
+
+    def __hash__(self) -> int:
+        return hash(tuple(_hashable(getattr(self, n)) for n in type(self).model_fields if n != "span"))
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(sorted(value.items())) if isinstance(value, dict) else value
+
+
+# --- network -------------------------------------------------------------------------------
+
+
+class Stem(Node):
+    """imagenet: 7x7/2 conv, BN, ReLU, 3x3/2 max pool.  cifar: 3x3 conv.
+    deep: three 3x3 convs (the first stride 2; widths width/2, width/2, width), 3x3/2 max pool."""
+
+    kind: StemKind
+    width: PositiveInt
+
+
+class Block(Node):
+    """A residual block's layers. `expansion` is 1 for basic blocks, 4 by default for bottlenecks;
+    a bottleneck's 3x3 has int(width * width_per_group / 64) * groups channels (as torchvision)."""
+
+    kind: BlockKind
+    preact: bool = False
+    expansion: PositiveInt = 1
+    groups: PositiveInt = 1
+    width_per_group: PositiveInt = 64
+    stride_at: Literal["1x1", "3x3"] = "1x1"  # the paper; torchvision ("v1.5") puts it on the 3x3
+
+    @model_validator(mode="after")
+    def _basic_has_no_bottleneck_options(self) -> Block:
+        if self.kind == "basic" and (self.expansion != 1 or self.width_per_group != 64):
+            raise ValueError("expansion and width_per_group apply to bottleneck blocks only")
+        return self
+
+    def inner_width(self, planes: int) -> int:
+        if self.kind == "basic":
+            return planes
+        return int(planes * (self.width_per_group / 64.0)) * self.groups
+
+
+class Stage(Node):
+    name: str
+    blocks: PositiveInt
+    width: PositiveInt  # "planes": a stage's output has width * expansion channels
+    stride: PositiveInt = 1
+    shortcut: ShortcutKind
+    block: Block
+
+    @property
+    def out_channels(self) -> int:
+        return self.width * self.block.expansion
+
+    @property
+    def title(self) -> str:
+        """How messages name the stage: `stage conv3_x`, or `stage 2` when it has no name."""
+        return f"stage {self.name.removeprefix('stage')}"
+
+
+class Init(Node):
+    """He et al.'s normal init for convolutions (`fan_in` as derived in the paper, or `fan_out` as
+    torchvision), BN gamma 1 and beta 0, and optionally the last BN gamma of each branch 0."""
+
+    scheme: Literal["kaiming_normal"] = "kaiming_normal"
+    mode: Literal["fan_in", "fan_out"] = "fan_in"
+    zero_init_residual: bool = False
+
+
+class BatchNorm(Node):
+    """PyTorch's convention: running = (1 - momentum) * running + momentum * batch."""
+
+    momentum: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+    eps: PositiveFloat = 1e-5
+
+
+class Head(Node):
+    dropout: Probability = 0.0
+
+
+class Network(Node):
+    name: str
+    input: tuple[PositiveInt, PositiveInt, PositiveInt]  # C, H, W
+    classes: PositiveInt
+    stem: Stem
+    stages: tuple[Stage, ...] = Field(min_length=1)
+    init: Init = Init()
+    batchnorm: BatchNorm = BatchNorm()
+    head: Head = Head()
+
+    @model_validator(mode="after")
+    def _one_block_family(self) -> Network:
+        if len({stage.block.preact for stage in self.stages}) > 1:
+            raise ValueError("pre-activation and post-activation blocks cannot be mixed")
+        return self
+
+    @property
+    def preact(self) -> bool:
+        return self.stages[0].block.preact
+
+    @property
+    def features(self) -> int:
+        return self.stages[-1].out_channels
+
+
+# --- training ------------------------------------------------------------------------------
+
+
+class Dataset(Node):
+    kind: DatasetKind
+    path: str
+
+    @property
+    def info(self) -> DatasetInfo | None:
+        return DATASETS.get(self.kind)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What is known of a dataset with a fixed format (image folders are read at run time)."""
+
+    channels: int
+    size: int
+    classes: int
+    train_images: int
+    test_images: int
+    default_path: str
+
+
+DATASETS = {
+    "cifar10": DatasetInfo(3, 32, 10, 50_000, 10_000, "data/cifar-10-batches-py"),
+    "cifar100": DatasetInfo(3, 32, 100, 50_000, 10_000, "data/cifar-100-python"),
+    "mnist": DatasetInfo(1, 28, 10, 60_000, 10_000, "data/mnist"),
+    "fashion_mnist": DatasetInfo(1, 28, 10, 60_000, 10_000, "/usr/share/datasets/fashion-mnist"),
+}
+DEFAULT_PATHS = {kind: info.default_path for kind, info in DATASETS.items()} | {
+    "imagefolder": "data/imagenet",
+    "synthetic": "",
+}
+
+
+class PadTo(Node):
+    """Zero-pad every image (train and test) to size x size, centred: Fashion-MNIST 28 -> 32."""
+
+    op: Literal["pad_to"] = "pad_to"
+    size: PositiveInt
+
+
+class SubtractMean(Node):
+    """Subtract the training split's mean image (per_pixel) or mean colour (per_channel)."""
+
+    op: Literal["subtract_mean"] = "subtract_mean"
+    mode: Literal["per_pixel", "per_channel"] = "per_pixel"
+
+
+class Pad(Node):
+    op: Literal["pad"] = "pad"
+    pixels: PositiveInt
+
+
+class RandomCrop(Node):
+    op: Literal["random_crop"] = "random_crop"
+    size: PositiveInt
+
+
+class HFlip(Node):
+    op: Literal["hflip"] = "hflip"
+
+
+class ScaleShorter(Node):
+    """Resize so that the shorter side is uniform in [low, high] (scale augmentation)."""
+
+    op: Literal["scale_shorter"] = "scale_shorter"
+    low: PositiveInt
+    high: PositiveInt
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ScaleShorter:
+        if self.low > self.high:
+            raise ValueError("scale_shorter needs low <= high")
+        return self
+
+
+class PCALighting(Node):
+    """AlexNet's colour augmentation: RGB noise along the principal components, std `std`."""
+
+    op: Literal["pca_lighting"] = "pca_lighting"
+    std: PositiveFloat
+
+
+Preprocess = Annotated[PadTo | SubtractMean, Field(discriminator="op")]
+Augment = Annotated[Pad | RandomCrop | HFlip | ScaleShorter | PCALighting, Field(discriminator="op")]
+
+
+class SingleView(Node):
+    """Arrays: the image as it is. Image folders: shorter side `resize`, centre crop."""
+
+    op: Literal["single_view"] = "single_view"
+    resize: PositiveInt | None = None
+
+
+class TenCrop(Node):
+    """Shorter side `resize`; four corner crops and the centre crop, and their flips."""
+
+    op: Literal["ten_crop"] = "ten_crop"
+    resize: PositiveInt
+
+
+class MultiScale(Node):
+    """Fully-convolutional: the fc as a 1x1 conv, scores averaged over shorter sides (and flips)."""
+
+    op: Literal["multiscale"] = "multiscale"
+    scales: tuple[PositiveInt, ...] = Field(min_length=1)
+
+
+EvalProtocol = Annotated[SingleView | TenCrop | MultiScale, Field(discriminator="op")]
+
+
+class SGD(Node):
+    kind: Literal["sgd"] = "sgd"
+    lr: PositiveFloat
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    weight_decay: Annotated[float, Field(ge=0.0)] = 1e-4
+    nesterov: bool = False
+
+
+class MultiStep(Node):
+    """Multiply the learning rate by `factor` at each milestone (in the length's unit)."""
+
+    kind: Literal["multistep"] = "multistep"
+    factor: PositiveFloat
+    milestones: tuple[PositiveInt, ...] = Field(min_length=1)
+
+
+class Plateau(Node):
+    """Multiply the learning rate by `factor` when the validation error has not improved by
+    `threshold` (absolute) for `patience` validations in a row."""
+
+    kind: Literal["on_plateau"] = "on_plateau"
+    factor: PositiveFloat
+    patience: PositiveInt = 5
+    threshold: Annotated[float, Field(ge=0.0)] = 0.001
+
+
+class Constant(Node):
+    kind: Literal["constant"] = "constant"
+
+
+Schedule = Annotated[MultiStep | Plateau | Constant, Field(discriminator="kind")]
+
+
+class WarmupUntil(Node):
+    """Train at `lr` until the training error (mean of the last 100 iterations) is below
+    `train_error`, then at the optimizer's lr (ResNet-110 on CIFAR)."""
+
+    kind: Literal["until"] = "until"
+    lr: PositiveFloat
+    train_error: Annotated[float, Field(gt=0.0, le=1.0)]
+
+
+class WarmupFor(Node):
+    """Train at `lr` for the first `length` units (the length's unit), then at the optimizer's lr."""
+
+    kind: Literal["for"] = "for"
+    lr: PositiveFloat
+    length: PositiveInt
+
+
+Warmup = Annotated[WarmupUntil | WarmupFor, Field(discriminator="kind")]
+
+
+class Length(Node):
+    value: PositiveInt
+    unit: Literal["iterations", "epochs"]
+
+
+class Train(Node):
+    recipe: str | None
+    data: Dataset
+    preprocess: tuple[Preprocess, ...] = ()
+    augment: tuple[Augment, ...] = ()
+    optimizer: SGD
+    batch: PositiveInt
+    schedule: Schedule = Constant()
+    warmup: Warmup | None = None
+    length: Length
+    eval: tuple[EvalProtocol, ...] = Field(min_length=1)
+    val_split: NonNegativeInt = 0
+    validate_every: PositiveInt | None = None
+
+
+class Spec(Node):
+    """One resolved spec: the network, its training section, and where it came from."""
+
+    path: str
+    network: Network
+    train: Train | None
+    params: dict[str, int | float] = {}
+    files: tuple[str, ...] = ()  # every file read: the spec, the specs it extends, recipes

@@ -1,0 +1,311 @@
+"""syntax -> IR: follow `extends`, evaluate parameters, expand recipes, read every statement.
+
+Order of precedence, lowest first: a base spec, the spec that extends it, `--set` values. A
+recipe's train section is overridden statement by statement by the spec's own; the options of
+`optimizer`, `batchnorm` and `head` are overridden one by one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from .. import ir
+from .. import syntax as s
+from ..diagnostics import Report, Span, did_you_mean, display_path
+from ..parse import parse_text
+from .network import NetworkReader
+from .train import TrainReader
+from .values import Number, Values, show
+
+RECIPES = Path(__file__).parent.parent / "recipes"
+MERGED_OPTIONS = ("optimizer", "batchnorm", "head")
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES.glob("*.res"))
+
+
+class Loader:
+    def __init__(self, report: Report):
+        self.report = report
+        self.files: dict[Path, s.SpecFile | None] = {}
+
+    # files ------------------------------------------------------------------------------------
+    def read(self, path: Path, mentioned_at: Span | None = None) -> s.SpecFile | None:
+        key = path.resolve()
+        if key in self.files:
+            return self.files[key]
+        shown = display_path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            self.report.error(f"no such file: {shown}", mentioned_at, "check the path")
+            text = None
+        except IsADirectoryError:
+            self.report.error(f"{shown} is a directory, not a .res file", mentioned_at)
+            text = None
+        except UnicodeDecodeError as error:
+            self.report.error(f"{shown} is not UTF-8 text ({error.reason})", mentioned_at)
+            text = None
+        except OSError as error:
+            self.report.error(f"cannot read {shown}: {error.strerror}", mentioned_at)
+            text = None
+        spec = None if text is None else parse_text(text, shown, self.report)
+        if spec is not None:
+            self._check_layout(spec)
+        self.files[key] = spec
+        return spec
+
+    def _check_layout(self, spec: s.SpecFile) -> None:
+        if not spec.networks and not spec.trains:
+            self.report.error(
+                f"{spec.path} declares no network",
+                Span(spec.path, 1, 1, 1, 2),
+                "a spec holds one `network NAME { ... }`, optionally followed by `train ...`",
+            )
+        for extra in spec.networks[1:]:
+            self.report.error(
+                "a spec holds one network; this is a second one",
+                extra.span,
+                "put each network in its own file (one can extend another)",
+            )
+        for extra in spec.trains[1:]:
+            self.report.error("a spec holds one train section; this is a second one", extra.span)
+        seen: dict[str, s.ParamDecl] = {}
+        for param in spec.params:
+            first = seen.setdefault(param.name.text, param)
+            if first is not param:
+                self.report.error(
+                    f"parameter `{param.name.text}` is declared twice",
+                    param.name.span,
+                    f"the first declaration is at line {first.span.line}",
+                )
+
+    def chain(self, path: Path) -> list[s.SpecFile]:
+        """The spec and the specs it extends, base first."""
+        files: list[s.SpecFile] = []
+        seen: list[Path] = []
+        mentioned_at = None
+        while True:
+            spec = self.read(path, mentioned_at)
+            if spec is None:
+                return []
+            if not spec.networks:
+                if files:
+                    self.report.error(
+                        f"{spec.path} declares no network to extend", mentioned_at
+                    )
+                    return []
+                self.report.error(f"{spec.path} declares no network", None)
+                return []
+            files.insert(0, spec)
+            seen.append(path.resolve())
+            extends = spec.networks[0].extends
+            if extends is None:
+                return files
+            path = Path(spec.path).parent / extends.value
+            mentioned_at = extends.span
+            if path.resolve() in seen:
+                self.report.error(
+                    f"`extends` makes a cycle: {display_path(path)} extends itself",
+                    extends.span,
+                    "a spec can build on another, not on itself",
+                )
+                return []
+
+    # parameters -------------------------------------------------------------------------------
+    def params(self, files: list[s.SpecFile], sets: list[str]) -> dict[str, Number]:
+        latest: dict[str, s.ParamDecl] = {}
+        first: dict[str, s.ParamDecl] = {}
+        for spec in files:
+            for decl in spec.params:
+                latest[decl.name.text] = decl
+                first.setdefault(decl.name.text, decl)
+        overrides = self._parse_sets(sets, list(latest))
+        env: dict[str, Number] = {}
+        values = Values(env, self.report)
+        for name, decl in latest.items():
+            value = values.evaluate(decl.value)
+            if value is None:
+                continue
+            if first[name] is not decl:
+                base = Values(dict(env), Report()).evaluate(first[name].value)
+                if base is not None and type(base) is not type(value):
+                    self.report.error(
+                        f"parameter `{name}` is a {_kind(base)} in {first[name].span.path}, "
+                        f"but {show(value)} is a {_kind(value)}",
+                        decl.value.span,
+                    )
+                    continue
+            if name in overrides:
+                value = self._coerce_set(name, value, overrides[name])
+                if value is None:
+                    continue
+            env[name] = value
+        return env
+
+    def _parse_sets(self, sets: list[str], known: list[str]) -> dict[str, str]:
+        parsed: dict[str, str] = {}
+        for item in sets:
+            name, eq, text = item.partition("=")
+            name, text = name.strip(), text.strip()
+            if not eq or not name or not text:
+                self.report.error(
+                    f"`--set {item}` is not of the form NAME=VALUE", None, "write e.g. --set n=18"
+                )
+                continue
+            if name not in known:
+                hint = (
+                    did_you_mean(name, sorted(known), "parameters of this spec")
+                    if known
+                    else "this spec declares no parameters"
+                )
+                self.report.error(f"`--set {item}`: unknown parameter `{name}`", None, hint)
+                continue
+            parsed[name] = text
+        return parsed
+
+    def _coerce_set(self, name: str, default: Number, text: str) -> Number | None:
+        try:
+            return int(text) if isinstance(default, int) else float(text)
+        except ValueError:
+            self.report.error(
+                f"`--set {name}={text}`: parameter `{name}` is a {_kind(default)} "
+                f"(default {show(default)})",
+                None,
+                f"give a {_kind(default)}, e.g. --set {name}={show(default)}",
+            )
+            return None
+
+    # statements -------------------------------------------------------------------------------
+    def network_statements(self, files: list[s.SpecFile]):
+        single: dict[str, s.Statement] = {}
+        stages: list[s.Statement] = []
+        for depth, spec in enumerate(files):
+            decl = spec.networks[0]
+            own_single, own_stages = self._split_body(decl.body)
+            if depth == 0:
+                single, stages = own_single, own_stages
+                continue
+            for keyword, st in own_single.items():
+                single[keyword] = _override(single.get(keyword), st)
+            names = [st.label.text for st in stages if st.label]
+            for st in own_stages:
+                if st.label is None or st.label.text not in names:
+                    base = files[depth - 1].networks[0].name.text
+                    self.report.error(
+                        "a stage in an extending network must name a stage of its base to replace"
+                        if st.label is None
+                        else f"network `{base}` has no stage `{st.label.text}` to replace",
+                        st.label.span if st.label else st.span,
+                        f"stages of `{base}`: {', '.join(names) or '(none named)'}; to change "
+                        "the list of stages, write a new network",
+                    )
+                    continue
+                stages[names.index(st.label.text)] = st
+        return single, stages
+
+    def _split_body(self, body: tuple[s.Statement, ...]):
+        single: dict[str, s.Statement] = {}
+        stages: list[s.Statement] = []
+        for st in body:
+            if st.keyword == "stage":
+                stages.append(st)
+            elif st.keyword in single:
+                self.report.error(
+                    f"`{st.keyword}` is given twice",
+                    st.span,
+                    f"the first is at line {single[st.keyword].span.line}; keep one",
+                )
+            else:
+                single[st.keyword] = st
+        return single, stages
+
+    def train_statements(self, decl: s.TrainDecl) -> tuple[str | None, dict[str, s.Statement]]:
+        statements: dict[str, s.Statement] = {}
+        if decl.recipe is None and decl.body is None:
+            self.report.error(
+                "`train` needs a recipe or a body",
+                decl.span,
+                f"write `train paper_cifar`, or `train {{ ... }}`; recipes: "
+                f"{', '.join(recipe_names())}",
+            )
+            return None, statements
+        recipe = decl.recipe.text if decl.recipe else None
+        if recipe is not None:
+            if recipe not in recipe_names():
+                self.report.error(
+                    f"unknown recipe `{recipe}`",
+                    decl.recipe.span,
+                    did_you_mean(recipe, recipe_names(), "recipes"),
+                )
+                return recipe, statements
+            recipe_file = self.read(RECIPES / f"{recipe}.res")
+            if recipe_file is None or not recipe_file.trains:  # pragma: no cover
+                return recipe, statements
+            statements, _ = self._split_body(recipe_file.trains[0].body or ())
+        own, _ = self._split_body(decl.body or ())
+        for keyword, st in own.items():
+            statements[keyword] = _override(statements.get(keyword), st)
+        return recipe, statements
+
+    # the whole spec ---------------------------------------------------------------------------
+    def load(self, path: Path, sets: list[str]) -> ir.Spec | None:
+        files = self.chain(path)
+        if not files:
+            return None
+        params = self.params(files, sets)
+        if self.report.failed:
+            return None
+        values = Values(params, self.report)
+        decl = files[-1].networks[0]
+        single, stages = self.network_statements(files)
+        network = NetworkReader(values, self.report).read(decl.name, single, stages, decl.span)
+        train = None
+        train_decl = next((f.trains[0] for f in reversed(files) if f.trains), None)
+        if train_decl is not None:
+            recipe, statements = self.train_statements(train_decl)
+            if not self.report.failed:
+                train = TrainReader(values, self.report).read(
+                    recipe, statements, train_decl.span, network
+                )
+        if self.report.failed:
+            return None
+        try:
+            return ir.Spec(
+                path=files[-1].path,
+                network=network,
+                train=train,
+                params=params,
+                files=tuple(f.path for f in files),
+            )
+        except ValidationError as error:  # pragma: no cover - readers check first
+            self.report.error(f"invalid spec: {error.errors()[0]['msg']}", decl.span)
+            return None
+
+
+def _override(base: s.Statement | None, new: s.Statement) -> s.Statement:
+    """`new` replaces `base`, except that option-only statements merge option by option."""
+    if base is None or new.keyword not in MERGED_OPTIONS:
+        return new
+    if new.args and [_text(a) for a in new.args] != [_text(a) for a in base.args]:
+        return new
+    names = {o.name.text for o in new.options}
+    kept = tuple(o for o in base.options if o.name.text not in names)
+    return new._replace(args=new.args or base.args, options=kept + new.options)
+
+
+def _text(value) -> str:
+    return getattr(value, "text", None) or getattr(value, "name", None) or str(value)
+
+
+def _kind(value: Number) -> str:
+    return "whole number" if isinstance(value, int) else "number"
+
+
+def load(path: str | Path, sets: list[str] | tuple[str, ...] = (), report: Report | None = None):
+    """Parse and resolve a spec; problems go to `report` and `None` comes back."""
+    report = report if report is not None else Report()
+    return Loader(report).load(Path(path), list(sets))
