@@ -15,9 +15,9 @@ import typer
 from . import __version__
 from .diagnostics import Diagnostic, Report, SpecError
 
-EXAMPLES = """
-Examples:
+EXAMPLES = """Examples:
 
+\b
   resdsl check specs/*.res specs/*/*.res
   resdsl summary specs/resnet34.res
   resdsl summary specs/cifar/resnet20.res --set n=18 --json

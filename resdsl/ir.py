@@ -23,7 +23,7 @@ PositiveFloat = Annotated[float, Field(gt=0.0)]
 
 
 class Node(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     # Where the node was written (a `Span`, or None for a default). Set by the resolver, never
     # by users, so it is not validated: typed Any, which keeps importing the IR fast.

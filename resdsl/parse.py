@@ -167,11 +167,29 @@ def _message_for_token(path: str, error: UnexpectedToken, text: str) -> tuple[st
         )
     shown = str(token).strip() or token.type
     hint = None
-    if "X" in expected or "COLON" in expected:
+    if _after_trailing_comma(text, token):
+        hint = "a comma at the end of a line continues the statement on the next; remove it"
+    elif token.type == "RBRACE":
+        hint = "put the closing `}` on a line of its own"
+    elif "X" in expected or "COLON" in expected:
         hint = "a stage is written `stage [NAME]: COUNT x WIDTH`, e.g. `stage conv2_x: 3 x 64`"
     elif token.type in {"INT", "FLOAT", "NAME"} and "_COMMA" in expected:
         hint = "options are written after a comma: `, name value`"
     return f"unexpected `{shown}`: expected {_describe_expected(expected)}", span, hint
+
+
+def _after_trailing_comma(text: str, token: Token) -> bool:
+    """Does a comma end the line before this token (so the statement ran on into it)?"""
+    position = token.start_pos
+    if position is None:
+        return False
+    before = text[:position].rstrip()
+    lines = before.splitlines()
+    while lines and lines[-1].strip().startswith("#"):
+        lines.pop()
+    return bool(lines) and lines[-1].split("#")[0].rstrip().endswith(",") and "\n" in text[
+        len("\n".join(lines)) : position
+    ]
 
 
 class _Recovery:
@@ -190,7 +208,8 @@ class _Recovery:
         assert isinstance(error, UnexpectedToken)
         token = error.token
         if token.type == "$END":
-            self._record_token(error)
+            if not self.error_lines:  # after an error, an unfinished block is its echo
+                self._record_token(error)
             return False
         if self.open_braces == 0:  # inside a block whose header was broken, stay quiet
             self._record_token(error)

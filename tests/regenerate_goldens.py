@@ -1,6 +1,7 @@
 """Regenerate every checked-in expected output: `make goldens` (or `python -m tests.regenerate_goldens`).
 
 - tests/specs_with_errors/*.expected: the diagnostics of each broken spec.
+- generated/*: the packages of the golden specs, for each backend.
 """
 
 from __future__ import annotations
@@ -9,8 +10,22 @@ import contextlib
 import io
 import os
 import sys
+from pathlib import Path
 
 from tests.helpers import ROOT
+
+# (spec, backend, package directory): the examples kept in generated/.
+GOLDENS = [
+    (spec, backend, f"generated/{name}_{backend}")
+    for spec, name in [
+        ("specs/resnet34.res", "resnet34"),
+        ("specs/resnet50.res", "resnet50"),
+        ("specs/cifar/resnet20.res", "cifar_resnet20"),
+        ("specs/fashion-mnist/resnet20.res", "fashion_mnist_resnet20"),
+        ("specs/torchvision/resnet50.res", "torchvision_resnet50"),
+    ]
+    for backend in ("torch",)
+]
 
 
 def error_snapshots() -> None:
@@ -28,9 +43,20 @@ def error_snapshots() -> None:
         print(f"wrote {spec.with_suffix('.expected').relative_to(ROOT)}")
 
 
+def generated_packages() -> None:
+    from resdsl.compile import compile_spec
+    from resdsl.frontend import load_spec
+
+    for spec_path, backend, out in GOLDENS:
+        spec, analysis = load_spec(spec_path)
+        compile_spec(spec, analysis, backend=backend, output=Path(out))
+        print(f"wrote {out}")
+
+
 def main() -> None:
     os.chdir(ROOT)
     error_snapshots()
+    generated_packages()
 
 
 if __name__ == "__main__":

@@ -272,3 +272,33 @@ def test_ir_is_immutable_and_validated():
         ir.Stage(name="s", blocks=0, width=16, shortcut="A", block=ir.Block(kind="basic"))
     with pytest.raises(Exception):
         ir.Block(kind="basic", expansion=4)
+
+
+def test_parameters_may_use_parameters_declared_later_in_the_chain(tmp_path):
+    write(tmp_path, "base.res", CIFAR_NET)
+    child = write(
+        tmp_path,
+        "child.res",
+        """
+        param j = 2
+        param n = j * 3
+        network child extends "base.res"
+        """,
+    )
+    spec, analysis = load_spec(child)
+    assert spec.params == {"n": 6, "j": 2} and analysis.depth == 38
+
+
+def test_a_rejected_set_value_is_reported_once(tmp_path):
+    text = CIFAR_NET.replace("param n = 3", "param n = 3\nparam m = n + 1")
+    with pytest.raises(SpecError) as error:
+        load_spec(write(tmp_path, "net.res", text), ["n=2.5"])
+    assert len(error.value.report.diagnostics) == 1
+
+
+def test_stage_shortcuts_can_replace_the_network_one(tmp_path):
+    text = CIFAR_NET.replace("shortcut A", "").replace("n x 16", "n x 16, shortcut A").replace(
+        "n x 32, stride 2", "n x 32, stride 2, shortcut B"
+    ).replace("n x 64,", "n x 64, shortcut C,")
+    spec, _ = load_spec(write(tmp_path, "net.res", text))
+    assert [s.shortcut for s in spec.network.stages] == ["A", "B", "C"]

@@ -117,6 +117,7 @@ class Loader:
 
     # parameters -------------------------------------------------------------------------------
     def params(self, files: list[s.SpecFile], sets: list[str]) -> dict[str, Number]:
+        """Parameter values: each declaration's latest form, evaluated once what it uses is."""
         latest: dict[str, s.ParamDecl] = {}
         first: dict[str, s.ParamDecl] = {}
         for spec in files:
@@ -125,26 +126,47 @@ class Loader:
                 first.setdefault(decl.name.text, decl)
         overrides = self._parse_sets(sets, list(latest))
         env: dict[str, Number] = {}
-        values = Values(env, self.report)
-        for name, decl in latest.items():
-            value = values.evaluate(decl.value)
-            if value is None:
-                continue
-            if first[name] is not decl:
-                base = Values(dict(env), Report()).evaluate(first[name].value)
-                if base is not None and type(base) is not type(value):
-                    self.report.error(
-                        f"parameter `{name}` is a {_kind(base)} in {first[name].span.path}, "
-                        f"but {show(value)} is a {_kind(value)}",
-                        decl.value.span,
-                    )
+        failed: set[str] = set()
+        pending = list(latest)
+        while pending:
+            ready = [n for n in pending if _uses(latest[n].value) <= set(env) | failed |
+                     (_uses(latest[n].value) - set(latest))]  # fmt: skip
+            if not ready:
+                names = ", ".join(f"`{name}`" for name in pending)
+                self.report.error(
+                    f"parameters {names} refer to each other in a cycle",
+                    latest[pending[0]].span,
+                    "give one of them a value that does not depend on the others",
+                )
+                break
+            for name in ready:
+                pending.remove(name)
+                if _uses(latest[name].value) & failed:
+                    failed.add(name)  # its own problem was reported already
                     continue
-            if name in overrides:
-                value = self._coerce_set(name, value, overrides[name])
+                value = self._param_value(name, latest[name], first[name], env, overrides)
                 if value is None:
-                    continue
-            env[name] = value
+                    failed.add(name)
+                else:
+                    env[name] = value
         return env
+
+    def _param_value(self, name, decl, first, env, overrides) -> Number | None:
+        value = Values(env, self.report).evaluate(decl.value)
+        if value is None:
+            return None
+        if first is not decl:
+            base = Values(dict(env), Report()).evaluate(first.value)
+            if base is not None and type(base) is not type(value):
+                self.report.error(
+                    f"parameter `{name}` is a {_kind(base)} in {first.span.path}, "
+                    f"but {show(value)} is a {_kind(value)}",
+                    decl.value.span,
+                )
+                return base
+        if name in overrides:
+            return self._coerce_set(name, value, overrides[name])
+        return value
 
     def _parse_sets(self, sets: list[str], known: list[str]) -> dict[str, str]:
         parsed: dict[str, str] = {}
@@ -167,7 +189,8 @@ class Loader:
             parsed[name] = text
         return parsed
 
-    def _coerce_set(self, name: str, default: Number, text: str) -> Number | None:
+    def _coerce_set(self, name: str, default: Number, text: str) -> Number:
+        """The --set value; on a mistake, the default (so nothing else reports it again)."""
         try:
             return int(text) if isinstance(default, int) else float(text)
         except ValueError:
@@ -177,7 +200,7 @@ class Loader:
                 None,
                 f"give a {_kind(default)}, e.g. --set {name}={show(default)}",
             )
-            return None
+            return default
 
     # statements -------------------------------------------------------------------------------
     def network_statements(self, files: list[s.SpecFile]):
@@ -299,6 +322,17 @@ def _override(base: s.Statement | None, new: s.Statement) -> s.Statement:
 
 def _text(value) -> str:
     return getattr(value, "text", None) or getattr(value, "name", None) or str(value)
+
+
+def _uses(expr: s.Expr) -> set[str]:
+    """The parameters an expression refers to."""
+    if isinstance(expr, s.Ref):
+        return {expr.name}
+    if isinstance(expr, s.BinOp):
+        return _uses(expr.left) | _uses(expr.right)
+    if isinstance(expr, s.Neg):
+        return _uses(expr.operand)
+    return set()
 
 
 def _kind(value: Number) -> str:

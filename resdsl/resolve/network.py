@@ -42,12 +42,23 @@ class NetworkReader:
         classes = self._classes(single.get("classes"))
         stem = self._stem(single.get("stem"))
         block, plain = self._block(single.get("block"))
-        shortcut = self._shortcut(single.get("shortcut"), plain, block)
-        init = self._init(single.get("init"), plain)
+        every_stage_has_one = bool(stages) and all(
+            any(o.name.text == "shortcut" for o in st.options) for st in stages
+        )
+        shortcut = self._shortcut(single.get("shortcut"), plain, block, every_stage_has_one)
+        init = self._init(single.get("init"), plain, block is not None and block.preact)
         batchnorm = self._batchnorm(single.get("batchnorm"))
         head = self._head(single.get("head"))
         built_stages = [self._stage(i, st, block, shortcut, plain) for i, st in enumerate(stages)]
         _check_stage_names(stages, self.report)
+        if init.zero_init_residual and built_stages and all(
+            st is not None and st.shortcut == "none" for st in built_stages
+        ):
+            self.report.error(
+                "no stage has a shortcut, so there is no residual branch to zero-initialise",
+                init.span,
+                "remove `zero_init_residual`",
+            )
         if self.report.failed:
             return None
         try:
@@ -112,9 +123,9 @@ class NetworkReader:
         block = ir.Block(kind=layers, preact=preact, span=st.span, **options)
         return block, plain
 
-    def _shortcut(self, st: s.Statement | None, plain: bool, block: ir.Block | None):
+    def _shortcut(self, st, plain: bool, block: ir.Block | None, every_stage_has_one: bool):
         if st is None:
-            if block is not None and not plain:
+            if block is not None and not plain and not every_stage_has_one:
                 self.report.error(
                     "residual blocks need a `shortcut`",
                     block.span,
@@ -132,7 +143,7 @@ class NetworkReader:
             )
         return value
 
-    def _init(self, st: s.Statement | None, plain: bool) -> ir.Init:
+    def _init(self, st: s.Statement | None, plain: bool, preact: bool) -> ir.Init:
         if st is None:
             return ir.Init()
         scheme = self.values.symbol(st.args[0], ("kaiming_normal",), "init scheme", span=st.span)
@@ -142,9 +153,11 @@ class NetworkReader:
             if mode:
                 fields["mode"] = mode
         options = read_options(st, {"zero_init_residual": flag(self.report)}, self.report)
-        if options.get("zero_init_residual") and plain:
+        if options.get("zero_init_residual") and (plain or preact):
             self.report.error(
-                "plain blocks have no residual branch to zero-initialise",
+                "plain blocks have no residual branch to zero-initialise"
+                if plain
+                else "pre-activation branches end with a convolution, not a BN to zero-initialise",
                 st.options[0].span,
                 "remove `zero_init_residual`",
             )

@@ -300,6 +300,12 @@ def _check_counts(train: ir.Train, st: dict[str, s.Statement], report: Report) -
             st["schedule"].span,
             "add `validate every N` (in the unit of `length`)",
         )
+    if train.validate_every is not None and train.validate_every > length:
+        report.error(
+            f"validation every {train.validate_every} {unit} never happens in {length} {unit} "
+            "of training",
+            st["validate"].span,
+        )
     if isinstance(train.warmup, ir.WarmupFor) and train.warmup.length >= length:
         report.error(
             f"the warm-up ({train.warmup.length} {unit}) is not shorter than training "

@@ -1,0 +1,19 @@
+"""Backends: from the IR to the files of a generated package, as {relative path: text}."""
+
+from __future__ import annotations
+
+from .. import ir
+from ..analysis import Analysis
+
+BACKENDS = ("torch", "jax")
+
+
+def render(
+    backend: str, spec: ir.Spec, analysis: Analysis, *, header: str, command: str
+) -> dict[str, str]:
+    """`header` opens every Python file; `command` regenerates the package."""
+    if backend == "torch":
+        from .torch_backend import render_package
+    else:
+        from .jax_backend import render_package
+    return render_package(spec, analysis, header=header, command=command)
