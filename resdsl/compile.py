@@ -57,11 +57,12 @@ def build_files(
             f"unknown backend `{backend}`", did_you_mean(backend, list(BACKENDS), "backends")
         )
     command = command_line(spec, backend, output, list(sets))
+    package = (output if output is not None else default_output(spec, backend)).as_posix()
     header = (
         f"{MARKER} {__version__} from {spec.path}; edit the spec, not this file.\n"
         f"# Regenerate: {command}\n"
     )
-    files = render(backend, spec, analysis, header=header, command=command)
+    files = render(backend, spec, analysis, header=header, command=command, package=package)
     return {name: format_python(text) if name.endswith(".py") else text
             for name, text in files.items()}  # fmt: skip
 

@@ -9,11 +9,11 @@ BACKENDS = ("torch", "jax")
 
 
 def render(
-    backend: str, spec: ir.Spec, analysis: Analysis, *, header: str, command: str
+    backend: str, spec: ir.Spec, analysis: Analysis, *, header: str, command: str, package: str
 ) -> dict[str, str]:
-    """`header` opens every Python file; `command` regenerates the package."""
+    """`header` opens every Python file; `command` regenerates the package into `package`."""
     if backend == "torch":
         from .torch_backend import render_package
     else:
         from .jax_backend import render_package
-    return render_package(spec, analysis, header=header, command=command)
+    return render_package(spec, analysis, header=header, command=command, package=package)

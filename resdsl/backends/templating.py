@@ -76,3 +76,140 @@ def stage_rows(spec: ir.Spec, analysis: Analysis) -> list[dict]:
 
 def readme_context(spec: ir.Spec, analysis: Analysis) -> dict:
     return {"summary_table": table(spec, analysis)}
+
+
+DATASET_TITLES = {
+    "cifar10": "CIFAR-10",
+    "cifar100": "CIFAR-100",
+    "mnist": "MNIST",
+    "fashion_mnist": "Fashion-MNIST",
+    "imagefolder": "an image folder",
+    "synthetic": "synthetic images",
+}
+READERS = {
+    "cifar10": ("common/readers/cifar.py.jinja", ["pickle"]),
+    "cifar100": ("common/readers/cifar.py.jinja", ["pickle"]),
+    "mnist": ("common/readers/idx.py.jinja", ["gzip", "math", "struct"]),
+    "fashion_mnist": ("common/readers/idx.py.jinja", ["gzip", "math", "struct"]),
+    "synthetic": ("common/readers/synthetic.py.jinja", []),
+}
+
+
+def data_context(spec: ir.Spec) -> dict:
+    """What both backends' data pipelines need to know about the spec's data and steps."""
+    train, net = spec.train, spec.network
+    kind = train.data.kind
+    info = train.data.info
+    native = info.size if info else net.input[1]
+    mean = next((s.mode for s in train.preprocess if isinstance(s, ir.SubtractMean)), None)
+    pads, size = [], native
+    for step in train.preprocess:
+        if isinstance(step, ir.PadTo):
+            total = step.size - size
+            left = total // 2
+            pads.append(f"({left}, {total - left}, {left}, {total - left})")
+            size = step.size
+    crop = flip = None
+    train_size = size
+    for step in train.augment:
+        if isinstance(step, ir.Pad):
+            train_size += 2 * step.pixels
+        elif isinstance(step, ir.RandomCrop):
+            crop = {"size": step.size, "slack": train_size - step.size}
+            train_size = step.size
+        elif isinstance(step, ir.HFlip):
+            flip = True
+    reader, imports = READERS.get(kind, (None, []))
+    imports = sorted(set(imports) | ({"os"} if mean else set()))
+    return {
+        "kind": kind,
+        "title": DATASET_TITLES[kind],
+        "path": train.data.path,
+        "folder": kind == "imagefolder",
+        "reader": reader,
+        "stdlib_imports": imports,
+        "pads_before_mean": pads,
+        "padded_size": size,
+        "native_size": native,
+        "before_mean_doc": f", zero-padded to {size}x{size}" if pads else "",
+        "mean": mean,
+        "augment": list(train.augment),
+        "crop": crop,
+        "flip": flip,
+        "uses_functional": bool(pads) or any(isinstance(s, ir.Pad) for s in train.augment),
+        "summary": pipeline_summary(train),
+        "preprocess_text": ", ".join(step_text(s) for s in train.preprocess) or "none",
+        "augment_text": ", ".join(step_text(s) for s in train.augment) or "none",
+        "description": pipeline_description(train, size),
+        "augment_doc": augment_doc(train),
+    }
+
+
+def step_text(step) -> str:
+    return {
+        "pad_to": lambda: f"zero-padded to {step.size}x{step.size}",
+        "subtract_mean": lambda: f"{step.mode.replace('_', '-')} mean subtracted",
+        "pad": lambda: f"{step.pixels}-pixel zero pad",
+        "random_crop": lambda: f"random {step.size}x{step.size} crop",
+        "hflip": lambda: "horizontal flip",
+        "scale_shorter": lambda: f"shorter side random in [{step.low}, {step.high}]",
+        "pca_lighting": lambda: f"PCA lighting noise (std {step.std:g})",
+    }[step.op]()
+
+
+def pipeline_summary(train: ir.Train) -> str:
+    parts = [step_text(s) for s in train.preprocess]
+    if train.augment:
+        parts.append("for training " + ", ".join(step_text(s) for s in train.augment))
+    return "; ".join(parts) if parts else "no preprocessing"
+
+
+def augment_doc(train: ir.Train) -> str:
+    if not train.augment:
+        return ""
+    text = ", then ".join(step_text(s) for s in train.augment)
+    return text[0].upper() + text[1:] + "."
+
+
+def pipeline_description(train: ir.Train, size: int) -> str:
+    if train.data.kind == "imagefolder":
+        return "JPEG and PNG files are decoded in worker processes."
+    return (
+        "Images are scaled to [0, 1] and the whole dataset is kept on the training device, where\n"
+        "each batch is drawn and augmented with tensor operations: no loader processes, and on a\n"
+        "GPU no copies from the host."
+    )
+
+
+def recipe_lines(spec: ir.Spec) -> list[str]:
+    """The training section in a few lines, for docstrings and READMEs."""
+    train = spec.train
+    opt = train.optimizer
+    unit = train.length.unit
+    lines = [
+        f"Recipe: {train.recipe}." if train.recipe else "Recipe: the spec's own.",
+        f"Data: {DATASET_TITLES[train.data.kind]}; {pipeline_summary(train)}.",
+        f"SGD: lr {opt.lr:g}, momentum {opt.momentum:g}, weight decay {opt.weight_decay:g}"
+        f"{', Nesterov' if opt.nesterov else ''}; batch {train.batch}; "
+        f"{train.length.value} {unit}.",
+    ]
+    schedule = train.schedule
+    if isinstance(schedule, ir.MultiStep):
+        lines.append(
+            f"Schedule: lr x {schedule.factor:g} at {', '.join(map(str, schedule.milestones))} "
+            f"{unit}."
+        )
+    elif isinstance(schedule, ir.Plateau):
+        lines.append(
+            f"Schedule: lr x {schedule.factor:g} when the validation error has not improved by "
+            f"{schedule.threshold:g} for {schedule.patience} validations."
+        )
+    if isinstance(train.warmup, ir.WarmupUntil):
+        lines.append(
+            f"Warm-up: lr {train.warmup.lr:g} until the training error is below "
+            f"{train.warmup.train_error:g}."
+        )
+    elif isinstance(train.warmup, ir.WarmupFor):
+        lines.append(f"Warm-up: lr {train.warmup.lr:g} for {train.warmup.length} {unit}.")
+    lines.append("Evaluation: " + ", ".join(p.op.replace("_", " ") for p in train.eval) + ".")
+    return lines

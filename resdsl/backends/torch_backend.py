@@ -7,7 +7,14 @@ from dataclasses import dataclass
 
 from .. import ir
 from ..analysis import Analysis
-from .templating import describe_shortcut, readme_context, render_template, stage_rows
+from .templating import (
+    data_context,
+    describe_shortcut,
+    readme_context,
+    recipe_lines,
+    render_template,
+    stage_rows,
+)
 
 
 @dataclass(frozen=True)
@@ -72,13 +79,50 @@ def model_context(spec: ir.Spec, analysis: Analysis) -> dict:
 
 
 def render_package(
-    spec: ir.Spec, analysis: Analysis, *, header: str, command: str
+    spec: ir.Spec, analysis: Analysis, *, header: str, command: str, package: str
 ) -> dict[str, str]:
     context = model_context(spec, analysis) | readme_context(spec, analysis)
-    context |= {"header": header, "command": command}
+    context |= {"header": header, "command": command, "package": package}
     files = {
         "__init__.py": render_template("torch/__init__.py.jinja", **context),
         "model.py": render_template("torch/model.py.jinja", **context),
         "README.md": render_template("torch/README.md.jinja", **context),
     }
+    if spec.train is not None:
+        context |= train_context(spec)
+        files["data.py"] = render_template("torch/data.py.jinja", **context)
+        files["train.py"] = render_template("torch/train.py.jinja", **context)
     return files
+
+
+def train_context(spec: ir.Spec) -> dict:
+    train = spec.train
+    data = data_context(spec)
+    data["loader_class"] = "FolderData" if data["folder"] else "ArrayData"
+    return {
+        "train": train,
+        "data": data,
+        "schedule": train.schedule,
+        "warmup": train.warmup,
+        "eval_names": [protocol.op for protocol in train.eval],
+        "protocol_functions": sorted(
+            {p.op for p in train.eval} | ({"single_view"} if train.validate_every else set())
+        ),
+        "recipe_lines": recipe_lines(spec),
+        "schedule_doc": schedule_doc(train),
+    }
+
+
+def schedule_doc(train: ir.Train) -> str:
+    schedule, unit = train.schedule, train.length.unit
+    if isinstance(schedule, ir.MultiStep):
+        text = f"LR, times {schedule.factor:g} at each milestone"
+    elif isinstance(schedule, ir.Plateau):
+        text = f"LR, times {schedule.factor:g} when the validation error plateaus"
+    else:
+        text = "LR throughout"
+    if isinstance(train.warmup, ir.WarmupUntil):
+        text = f"WARMUP_LR until the training error is below {train.warmup.train_error:g}, then {text}"
+    elif isinstance(train.warmup, ir.WarmupFor):
+        text = f"WARMUP_LR for the first {train.warmup.length} {unit}, then {text}"
+    return text

@@ -344,6 +344,13 @@ def check_data(
             f"{info.train_images})",
             st["val_split"].span,
         )
+    ops = [step.op for step in train.preprocess]
+    if "pad_to" in ops and "subtract_mean" in ops and ops.index("pad_to") > ops.index("subtract_mean"):
+        report.error(
+            "pad_to comes after subtract_mean: the mean is of the padded images",
+            st["preprocess"].span,
+            "write `preprocess pad_to N, subtract_mean ...`",
+        )
     size = info.size
     for step in train.preprocess:
         if isinstance(step, ir.PadTo):

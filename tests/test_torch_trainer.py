@@ -1,0 +1,431 @@
+"""The generated PyTorch trainer: data formats, augmentation, schedules, a real run on
+Fashion-MNIST, kill-and-resume, two-process DDP, NaN handling, and the command line."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import pickle
+import signal
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from resdsl.compile import compile_spec
+from resdsl.frontend import load_spec
+from tests.helpers import ROOT
+
+torch = pytest.importorskip("torch")
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def compile_to(spec_path: str | Path, out: Path) -> Path:
+    spec, analysis = load_spec(spec_path)
+    compile_spec(spec, analysis, backend="torch", output=out, force=True)
+    return out
+
+
+def import_package(directory: Path) -> dict:
+    """The generated data, model and train modules, imported as train.py imports them."""
+    names = ("data", "model", "train")
+    saved = {n: sys.modules.pop(n) for n in names if n in sys.modules}
+    sys.path.insert(0, str(directory))
+    try:
+        import data
+        import model
+        import train
+
+        return {"data": data, "model": model, "train": train}
+    finally:
+        sys.path.remove(str(directory))
+        for n in names:
+            sys.modules.pop(n, None)
+        sys.modules.update(saved)
+
+
+def run_train(package: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(package / "train.py"), "--no-progress", *args],
+        capture_output=True, text=True, cwd=package.parent, **kwargs,
+    )  # fmt: skip
+
+
+def write_spec(tmp_path: Path, text: str, name: str = "net.res") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.fixture(scope="module")
+def fashion(tmp_path_factory) -> Path:
+    return compile_to(ROOT / "specs/fashion-mnist/resnet20.res", tmp_path_factory.mktemp("f") / "pkg")
+
+
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory) -> dict:
+    return import_package(
+        compile_to(ROOT / "specs/cifar/resnet20.res", tmp_path_factory.mktemp("c") / "pkg")
+    )
+
+
+# --- files in their real on-disk formats -------------------------------------------------------
+def write_cifar10(root: Path, per_batch: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    all_images, all_labels = [], []
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, per_batch).tolist()
+        with open(root / name, "wb") as f:  # the python version's layout: a pickled dict
+            pickle.dump({b"batch_label": name.encode(), b"data": data, b"labels": labels,
+                         b"filenames": [b"x.png"] * per_batch}, f, protocol=2)  # fmt: skip
+        all_images.append(data)
+        all_labels.append(labels)
+    return np.concatenate(all_images), np.concatenate(all_labels)
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(
+        f">{array.ndim}I", *array.shape
+    )
+    payload = header + array.astype(np.uint8).tobytes()
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(payload))
+    else:
+        path.write_bytes(payload)
+
+
+def write_mnist(root: Path, n: int = 20, compress: bool = True) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    root.mkdir(parents=True, exist_ok=True)
+    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    for prefix in ("train", "t10k"):
+        write_idx(root / f"{prefix}-images-idx3-ubyte", images, compress)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10, compress)
+    return images
+
+
+def test_cifar10_pickles(cifar, tmp_path):
+    images, labels = write_cifar10(tmp_path / "cifar-10-batches-py")
+    arrays = cifar["data"].load_arrays(tmp_path / "cifar-10-batches-py")
+    train_images, train_labels = arrays["train"]
+    assert train_images.shape == (30, 3, 32, 32) and train_images.dtype == np.uint8
+    assert np.array_equal(train_images.reshape(30, -1), images[:30])
+    assert train_labels.tolist() == labels[:30].tolist()
+    assert arrays["test"][0].shape == (6, 3, 32, 32)
+
+
+def test_cifar100_pickles(tmp_path):
+    package = compile_to(ROOT / "specs/variants/wrn_28_10.res", tmp_path / "pkg")
+    data = import_package(package)["data"]
+    root = tmp_path / "cifar-100-python"
+    root.mkdir()
+    for name, n in (("train", 8), ("test", 4)):
+        with open(root / name, "wb") as f:
+            pickle.dump({b"data": np.full((n, 3072), 7, np.uint8),
+                         b"fine_labels": list(range(n)), b"coarse_labels": [0] * n}, f)  # fmt: skip
+    arrays = data.load_arrays(root)
+    assert arrays["train"][0].shape == (8, 3, 32, 32) and arrays["train"][1].tolist() == list(range(8))
+    assert data.CLASSES == 100
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_mnist_idx_files_gzipped_or_not(tmp_path, compress):
+    spec = write_spec(tmp_path, """
+        network m extends "%s" {
+            input 1x28x28
+        }
+        train paper_cifar {
+            data    mnist
+            augment pad 2, random_crop 28
+        }
+    """ % (ROOT / "specs/cifar/resnet20.res"))  # fmt: skip
+    data = import_package(compile_to(spec, tmp_path / "pkg"))["data"]
+    images = write_mnist(tmp_path / "mnist", compress=compress)
+    arrays = data.load_arrays(tmp_path / "mnist")
+    assert arrays["train"][0].shape == (20, 1, 28, 28)
+    assert np.array_equal(arrays["train"][0][:, 0], images)
+    assert arrays["test"][1].tolist() == [i % 10 for i in range(20)]
+
+
+def test_missing_or_malformed_data_is_a_clear_error(cifar, tmp_path):
+    DataError = cifar["data"].DataError
+    with pytest.raises(DataError, match="has no data_batch_1.*python version of CIFAR-10"):
+        cifar["data"].load_arrays(tmp_path / "nowhere")
+    root = tmp_path / "broken"
+    write_cifar10(root)
+    (root / "data_batch_3").write_bytes(b"not a pickle")
+    with pytest.raises(DataError, match="data_batch_3 is not a batch"):
+        cifar["data"].load_arrays(root)
+
+
+def test_malformed_idx_is_a_clear_error(fashion, tmp_path):
+    data = import_package(fashion)["data"]
+    root = tmp_path / "fm"
+    write_mnist(root, compress=False)
+    (root / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03" + b"\x00" * 12 + b"xx")
+    with pytest.raises(data.DataError, match="holds 2 bytes of data"):
+        data.load_arrays(root)
+    (root / "train-images-idx3-ubyte").write_bytes(b"PK\x03\x04")
+    with pytest.raises(data.DataError, match="bad magic number"):
+        data.load_arrays(root)
+    (root / "train-images-idx3-ubyte").unlink()
+    with pytest.raises(data.DataError, match="has no train-images-idx3-ubyte"):
+        data.load_arrays(root)
+
+
+def test_the_trainer_reports_missing_data_without_a_traceback(fashion, tmp_path):
+    result = run_train(fashion, "--data", str(tmp_path / "none"), "--out", str(tmp_path / "run"))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"error: {tmp_path / 'none'} has no train-images-idx3-ubyte" in result.stderr
+
+
+# --- preprocessing and augmentation on known inputs ---------------------------------------------
+def test_pad_to_centres_28_in_32(fashion):
+    data = import_package(fashion)["data"]
+    images = np.full((1, 1, 28, 28), 255, np.uint8)
+    x = data.to_float(images)
+    assert x.shape == (1, 1, 32, 32)
+    assert x[0, 0, 2:30, 2:30].eq(1).all() and x.sum() == 28 * 28
+    assert x[0, 0, :2].abs().sum() == 0 and x[0, 0, :, 30:].abs().sum() == 0
+
+
+def test_per_pixel_mean_is_computed_once_and_cached(cifar, tmp_path):
+    write_cifar10(tmp_path / "c")
+    cache = tmp_path / "run" / "mean.pt"
+    d = cifar["data"].ArrayData(tmp_path / "c", torch.device("cpu"), batch_size=6, mean_cache=cache)
+    raw = torch.from_numpy(cifar["data"].load_arrays(tmp_path / "c")["train"][0]).float() / 255
+    mean = torch.load(cache)["mean"]
+    assert mean.shape == (3, 32, 32)
+    assert torch.allclose(mean, raw.mean(0), atol=1e-6)
+    assert torch.allclose(d.train_images.mean(0), torch.zeros(3, 32, 32), atol=1e-5)
+    test_images, _ = d.splits["test"]
+    raw_test = torch.from_numpy(cifar["data"].load_arrays(tmp_path / "c")["test"][0]).float() / 255
+    assert torch.allclose(test_images, raw_test - mean, atol=1e-6)  # the training mean, on test
+    torch.save({"mean": torch.zeros(3, 32, 32), "count": 30}, cache)  # the cache is read back
+    d2 = cifar["data"].ArrayData(tmp_path / "c", torch.device("cpu"), batch_size=6, mean_cache=cache)
+    assert torch.allclose(d2.train_images, raw, atol=1e-6)
+
+
+def test_crop_and_flip_on_known_inputs(cifar):
+    data = cifar["data"]
+    image = torch.arange(3 * 32 * 32, dtype=torch.float32).reshape(1, 3, 32, 32) + 1
+    keep = data.augment(image, {"top": torch.tensor([4]), "left": torch.tensor([4]),
+                                "flip": torch.tensor([False])})  # fmt: skip
+    assert torch.equal(keep, image)  # the centre crop of the 4-pixel pad is the image
+    corner = data.augment(image, {"top": torch.tensor([0]), "left": torch.tensor([8]),
+                                  "flip": torch.tensor([False])})  # fmt: skip
+    assert corner[0, :, :4].abs().sum() == 0 and corner[0, :, :, 28:].abs().sum() == 0
+    assert torch.equal(corner[0, :, 4:, :28], image[0, :, :28, 4:])
+    flipped = data.augment(image, {"top": torch.tensor([4]), "left": torch.tensor([4]),
+                                   "flip": torch.tensor([True])})  # fmt: skip
+    assert torch.equal(flipped, image.flip(3))
+
+
+def test_draws_cover_every_offset_and_both_flips(cifar):
+    draws = cifar["data"].draw_augmentation(4000, torch.Generator().manual_seed(0))
+    assert sorted(draws["top"].unique().tolist()) == list(range(9))
+    assert 0.45 < draws["flip"].float().mean() < 0.55
+
+
+def test_processes_share_the_global_batch(cifar, tmp_path):
+    write_cifar10(tmp_path / "c", per_batch=8)
+
+    def batches(rank, world):
+        d = cifar["data"].ArrayData(tmp_path / "c", torch.device("cpu"), batch_size=8,
+                                    rank=rank, world=world, seed=3)  # fmt: skip
+        return [d.train_batch() for _ in range(7)]  # crosses an epoch (40 images, 5 batches)
+
+    whole = batches(0, 1)
+    halves = [batches(0, 2), batches(1, 2)]
+    for i, (images, labels) in enumerate(whole):
+        assert torch.equal(torch.cat([halves[0][i][0], halves[1][i][0]]), images)
+        assert torch.equal(torch.cat([halves[0][i][1], halves[1][i][1]]), labels)
+
+
+def test_val_split_holds_out_the_last_training_images(cifar, tmp_path):
+    images, labels = write_cifar10(tmp_path / "c")
+    d = cifar["data"].ArrayData(tmp_path / "c", torch.device("cpu"), batch_size=4, val_split=5)
+    assert len(d.train_labels) == 25
+    assert d.splits["val"][1].tolist() == labels[25:30].tolist()
+    with pytest.raises(cifar["data"].DataError, match="--val-split 30"):
+        cifar["data"].ArrayData(tmp_path / "c", torch.device("cpu"), batch_size=4, val_split=30)
+
+
+# --- schedules -------------------------------------------------------------------------------
+def test_milestones_scale_with_the_length(cifar):
+    schedule = cifar["train"].Schedule(total=640, spec_total=64000, iterations_per_epoch=390)
+    assert schedule.milestones == [320, 480]
+    assert [schedule.lr(i) for i in (0, 319, 320, 479, 480, 639)] == pytest.approx(
+        [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+    )
+
+
+def test_resnet110_warm_up_ends_when_the_training_error_is_low(tmp_path):
+    train = import_package(compile_to(ROOT / "specs/cifar/resnet110.res", tmp_path / "p"))["train"]
+    schedule = train.Schedule(total=64000, spec_total=64000, iterations_per_epoch=390)
+    assert schedule.lr(0) == 0.01
+    schedule.observe([0.9] * 100)
+    assert schedule.lr(100) == 0.01
+    schedule.observe([0.7] * 60)  # the last 100: 40 at 0.9, 60 at 0.7 -> 0.78 < 0.80
+    assert schedule.lr(160) == 0.1
+    assert schedule.lr(32000) == pytest.approx(0.01)
+
+
+def test_plateau_divides_the_learning_rate(tmp_path):
+    spec = write_spec(tmp_path, """
+        network p extends "%s"
+        train paper_cifar {
+            schedule lr * 0.1 on_plateau, patience 2, threshold 0.01
+            validate every 100
+            warmup   lr 0.02 for 50
+        }
+    """ % (ROOT / "specs/cifar/resnet20.res"))  # fmt: skip
+    train = import_package(compile_to(spec, tmp_path / "p"))["train"]
+    schedule = train.Schedule(total=1000, spec_total=64000, iterations_per_epoch=390)
+    assert schedule.lr(0) == 0.02 and schedule.lr(1) == 0.1  # warm-up scaled: 50 -> 1
+    for error in (0.5, 0.4, 0.395, 0.39):  # 0.395, 0.39: no improvement by 0.01
+        schedule.validated(error)
+    assert schedule.lr(500) == pytest.approx(0.01)
+    assert schedule.validate_every == 2  # 100 of 64000, scaled to 1000
+
+
+# --- runs ------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_short_run_on_real_fashion_mnist_is_far_above_chance(fashion, tmp_path):
+    assert (FASHION / "train-images-idx3-ubyte.gz").exists(), "apt-get install dataset-fashion-mnist"
+    run = tmp_path / "run"
+    result = run_train(fashion, "--out", str(run), "--iterations", "150", "--batch-size", "64",
+                       "--eval-images", "2000", "--log-every", "50")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    final = json.loads((run / "final.json").read_text())
+    assert final["iterations"] == 150
+    assert final["test_top1_error"] < 0.35  # chance is 0.90
+    assert set(final) >= {"test_top1_error", "test_top5_error", "iterations", "wall_s",
+                          "images_per_s"}  # fmt: skip
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    logs = [r for r in records if "train_loss" in r]
+    assert [r["iteration"] for r in logs] == [50, 100, 150]
+    assert set(logs[0]) == {"iteration", "lr", "train_loss", "train_error", "images_per_s"}
+    assert logs[-1]["lr"] == pytest.approx(0.001)  # both milestones, scaled to 75 and 113
+    assert records[-1] == {"iteration": 150, "split": "test", "protocol": "single_view",
+                           "top1_error": final["test_top1_error"],
+                           "top5_error": final["test_top5_error"]}  # fmt: skip
+    checkpoint = torch.load(run / "checkpoint.pt")
+    assert checkpoint["iteration"] == 150
+    assert set(checkpoint) >= {"model", "optimizer", "iteration", "rng", "data", "schedule"}
+    evaluated = run_train(fashion, "--eval-only", "--checkpoint", str(run / "checkpoint.pt"),
+                          "--out", str(run), "--eval-images", "2000")  # fmt: skip
+    assert json.loads(evaluated.stdout)["test"]["single_view"]["top1_error"] == final["test_top1_error"]
+
+
+@pytest.mark.slow
+def test_kill_and_resume_ends_with_the_same_weights(fashion, tmp_path):
+    common = ["--iterations", "30", "--batch-size", "16", "--checkpoint-every", "5",
+              "--eval-images", "100", "--log-every", "4"]  # fmt: skip
+    assert run_train(fashion, "--out", str(tmp_path / "a"), *common).returncode == 0
+    run = tmp_path / "b"
+    process = subprocess.Popen(
+        [sys.executable, str(fashion / "train.py"), "--no-progress", "--out", str(run), *common],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    killed_at = None
+    deadline = time.time() + 300
+    while killed_at is None and time.time() < deadline:
+        time.sleep(0.02)
+        try:
+            iteration = torch.load(run / "checkpoint.pt")["iteration"]
+        except (FileNotFoundError, RuntimeError, EOFError):
+            continue
+        if iteration >= 10:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            killed_at = iteration
+    assert killed_at is not None and killed_at < 30, "the run ended before it could be killed"
+    resumed = run_train(fashion, "--out", str(run), "--resume", *common)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from {run / 'checkpoint.pt'} at iteration {killed_at}" in resumed.stdout
+    a = torch.load(tmp_path / "a" / "checkpoint.pt")
+    b = torch.load(run / "checkpoint.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])  # bitwise
+
+    def logged(path):
+        return [{k: v for k, v in json.loads(line).items() if k != "images_per_s"}
+                for line in (path / "metrics.jsonl").read_text().splitlines()]  # fmt: skip
+
+    assert logged(tmp_path / "a") == logged(run)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_the_cpu(fashion, tmp_path):
+    run = tmp_path / "ddp"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(fashion / "train.py"), "--no-progress", "--out", str(run), "--iterations", "8",
+         "--batch-size", "16", "--eval-images", "200", "--log-every", "4"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [4, 8, 8]  # rank 0 alone writes
+    final = json.loads((run / "final.json").read_text())
+    assert final["iterations"] == 8 and 0 <= final["test_top1_error"] <= 1
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    spec = write_spec(tmp_path, """
+        network blowup extends "%s"
+        train paper_cifar {
+            data       synthetic
+            preprocess subtract_mean per_pixel
+            optimizer  sgd, lr 1e12
+        }
+    """ % (ROOT / "specs/cifar/resnet20.res"))  # fmt: skip
+    package = compile_to(spec, tmp_path / "pkg")
+    run = tmp_path / "run"
+    result = run_train(package, "--out", str(run), "--iterations", "30", "--batch-size", "8",
+                       "--checkpoint-every", "1", "--log-every", "1")  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "stopping (the last good checkpoint is" in result.stderr
+    state = torch.load(run / "checkpoint.pt")
+    assert state["iteration"] < 30
+    assert all(bool(torch.isfinite(t).all()) for t in state["model"].values()
+               if t.is_floating_point())  # fmt: skip
+
+
+# --- the generated files ---------------------------------------------------------------------
+def test_help_lists_the_flags(fashion):
+    result = run_train(fashion, "--help")
+    for flag in ("--data", "--out", "--iterations", "--batch-size", "--device", "--seed",
+                 "--checkpoint-every", "--resume", "--eval-only", "--checkpoint", "--val-split",
+                 "--amp", "--no-amp", "--compile", "--no-compile", "--progress", "--no-progress"):
+        assert flag in result.stdout, flag  # fmt: skip
+    assert "/usr/share/datasets/fashion-mnist" in result.stdout
+
+
+def test_array_packages_hold_no_image_decoding(fashion):
+    for name in ("data.py", "train.py"):
+        text = (fashion / name).read_text()
+        assert "PIL" not in text and "jpeg" not in text.lower() and "--workers" not in text
+
+
+def test_generated_code_has_no_unused_names(tmp_path):
+    from ruff.__main__ import find_ruff_bin
+
+    for spec in ("specs/fashion-mnist/resnet20.res", "specs/cifar/resnet110.res",
+                 "specs/variants/wrn_28_10.res", "specs/variants/preact_resnet164.res",
+                 "specs/variants/resnet50_d.res"):  # fmt: skip
+        out = compile_to(ROOT / spec, tmp_path / Path(spec).stem)
+        result = subprocess.run([find_ruff_bin(), "check", "--isolated", "--select", "F,E9",
+                                 str(out)], capture_output=True, text=True)  # fmt: skip
+        assert result.returncode == 0, result.stdout
