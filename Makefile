@@ -2,10 +2,13 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-SPEC   ?= specs/fashion-mnist/resnet20.res
-DEMO_ITERATIONS ?= 1500
+RESDSL := $(VENV)/bin/resdsl
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+DEMO_SPEC       ?= specs/fashion-mnist/resnet20.res
+DEMO_PACKAGE    ?= generated/fashion_mnist_resnet20_torch
+DEMO_ITERATIONS ?= 800
 
-.PHONY: setup test demo goldens bench data clean
+.PHONY: setup data test demo goldens clean
 
 setup: $(VENV)/.installed
 
@@ -14,8 +17,20 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[torch,jax,dev]'
 	touch $@
 
-test: setup
+# Fashion-MNIST from Debian's package (the only real data these machines can get).
+data:
+	@if [ -f $(FASHION_MNIST)/train-images-idx3-ubyte.gz ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get install -y -q dataset-fashion-mnist; \
+	else echo "Fashion-MNIST is missing: run  sudo apt-get install dataset-fashion-mnist"; exit 1; fi
+
+test: setup data
 	$(PY) -m pytest -q -n 2
+
+# The main job: compile a spec and train it on real data on the CPU (a few minutes on 2 cores).
+demo: setup data
+	$(RESDSL) summary $(DEMO_SPEC)
+	$(RESDSL) compile $(DEMO_SPEC) --backend torch -o $(DEMO_PACKAGE)
+	$(PY) $(DEMO_PACKAGE)/train.py --device cpu --iterations $(DEMO_ITERATIONS) --out runs/demo --checkpoint-every 200
 
 goldens: setup
 	$(PY) -m tests.regenerate_goldens
