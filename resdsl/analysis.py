@@ -64,12 +64,16 @@ class Analysis(NamedTuple):
             "params": self.params,
             "macs": self.macs,
             "stages": [
-                {"name": s.name, "blocks": s.blocks, "out": list(s.out), "params": s.params,
-                 "macs": s.macs}
+                {
+                    "name": s.name,
+                    "blocks": s.blocks,
+                    "out": list(s.out),
+                    "params": s.params,
+                    "macs": s.macs,
+                }
                 for s in self.stages
-            ],  # fmt: skip
-            "stem": {"out": list(self.stem.out), "params": self.stem.params,
-                     "macs": self.stem.macs},  # fmt: skip
+            ],
+            "stem": {"out": list(self.stem.out), "params": self.stem.params, "macs": self.stem.macs},
             "head": {"params": self.head.params, "macs": self.head.macs},
         }
 

@@ -12,8 +12,8 @@ them all at once as
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
 from pathlib import Path
+from typing import NamedTuple
 
 # Text of every file read so far, so that a diagnostic can show its source line.
 _SOURCES: dict[str, str] = {}

@@ -12,7 +12,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
 
-
 StemKind = Literal["imagenet", "cifar", "deep"]
 BlockKind = Literal["basic", "bottleneck"]
 ShortcutKind = Literal["A", "B", "C", "D", "none"]

@@ -296,7 +296,7 @@ class _ToSyntax(Transformer):
     def ref(self, meta, children):
         return s.Ref(str(children[0]), _span(self.path, meta))
 
-    def _binop(op):  # noqa: N805 - a small factory used in the class body
+    def _binop(op):
         @v_args(meta=True)
         def build(self, meta, children):
             left, right = children
@@ -335,7 +335,7 @@ class _ToSyntax(Transformer):
         return s.Step(name, tuple(children[1:]), self._stmt_span(meta, children))
 
     # statements -------------------------------------------------------------------------------
-    def _statement(keyword, form=None):  # noqa: N805
+    def _statement(keyword, form=None):
         @v_args(meta=True)
         def build(self, meta, children):
             label = None

@@ -24,7 +24,7 @@ GOLDENS = [
         ("specs/fashion-mnist/resnet20.res", "fashion_mnist_resnet20"),
         ("specs/torchvision/resnet50.res", "torchvision_resnet50"),
     ]
-    for backend in ("torch",)
+    for backend in ("torch", "jax")
 ]
 
 

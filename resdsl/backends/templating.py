@@ -121,13 +121,14 @@ def data_context(spec: ir.Spec) -> dict:
             flip = True
     reader, imports = READERS.get(kind, (None, []))
     imports = sorted(set(imports) | ({"os"} if mean else set()))
-    return {
+    folder = folder_context(spec) if kind == "imagefolder" else {}
+    return folder | {
         "kind": kind,
         "title": DATASET_TITLES[kind],
         "path": train.data.path,
         "folder": kind == "imagefolder",
         "reader": reader,
-        "stdlib_imports": imports,
+        "stdlib_imports": folder.get("stdlib_imports", imports),
         "pads_before_mean": pads,
         "padded_size": size,
         "native_size": native,
@@ -142,6 +143,29 @@ def data_context(spec: ir.Spec) -> dict:
         "augment_text": ", ".join(step_text(s) for s in train.augment) or "none",
         "description": pipeline_description(train, size),
         "augment_doc": augment_doc(train),
+    }
+
+
+def folder_context(spec: ir.Spec) -> dict:
+    """What an image-folder pipeline needs beyond `data_context`: its geometry and its views."""
+    train, size = spec.train, spec.network.input[1]
+    protocols = {p.op: p for p in train.eval}
+    views = sorted(set(protocols) | ({"single_view"} if train.validate_every else set()))
+    single = protocols.get("single_view")
+    mean = any(isinstance(s, ir.SubtractMean) for s in train.preprocess)
+    imports = {"os"} | ({"tempfile"} if mean else set())
+    if {"ten_crop", "multiscale"} & set(views):
+        imports.add("functools")
+    return {
+        "crop_size": size,
+        "eval_views": views,  # the spec's protocols, and single_view for validation
+        # the single view's resize (validation uses it too); the resolver's default when unset
+        "single_view_resize": single.resize if single else round(size * 256 / 224),
+        "centre_view": "single_view" in views or mean,  # the training mean is of single views
+        "ten_crop_resize": protocols["ten_crop"].resize if "ten_crop" in protocols else None,
+        "scales": list(protocols["multiscale"].scales) if "multiscale" in protocols else None,
+        "lighting": any(isinstance(s, ir.PCALighting) for s in train.augment),
+        "stdlib_imports": sorted(imports),
     }
 
 

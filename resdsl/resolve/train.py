@@ -347,7 +347,7 @@ def check_data(
     ops = [step.op for step in train.preprocess]
     if "pad_to" in ops and "subtract_mean" in ops and ops.index("pad_to") > ops.index("subtract_mean"):
         report.error(
-            "pad_to comes after subtract_mean: the mean is of the padded images",
+            "pad_to must come before subtract_mean: the mean is taken of the padded images",
             st["preprocess"].span,
             "write `preprocess pad_to N, subtract_mean ...`",
         )
@@ -422,6 +422,15 @@ def _check_folder(
     for step in train.preprocess:
         if isinstance(step, ir.PadTo):
             report.error("pad_to applies to fixed-size arrays, not image folders", step.span)
+    ops = [step.op for step in train.augment]
+    if "scale_shorter" in ops and "random_crop" in ops and ops.index("random_crop") < ops.index(
+        "scale_shorter"
+    ):
+        report.error(
+            "random_crop comes before scale_shorter: the crop would be resized again",
+            st["augment"].span,
+            f"write `augment scale_shorter 256..480, random_crop {height}, ...`",
+        )
     crops = [step for step in train.augment if isinstance(step, ir.RandomCrop)]
     if not any(isinstance(step, ir.ScaleShorter) for step in train.augment) or not crops:
         report.error(

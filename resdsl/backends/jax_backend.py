@@ -1,0 +1,51 @@
+"""The JAX backend: model.py is a Flax linen network that reads like Flax's examples/imagenet
+`models.py`, with PyTorch's padding, initialisation and BN conventions; weights.py converts a
+state_dict of the PyTorch package into its variables.
+
+Module names mirror the PyTorch package's (`layer2.0.downsample.0` is `layer2_0/downsample_0`),
+so the two backends' networks are the same network, layer for layer.
+"""
+
+from __future__ import annotations
+
+from .. import ir
+from ..analysis import Analysis
+from .network_view import model_context as network_model_context
+from .templating import readme_context, render_template
+
+# The files of the model half of a package; a trainer adds its files beside them.
+MODEL_FILES = {
+    "__init__.py": "jax/__init__.py.jinja",
+    "model.py": "jax/model.py.jinja",
+    "weights.py": "jax/weights.py.jinja",
+    "README.md": "jax/README.md.jinja",
+}
+
+
+def flax_momentum(torch_momentum: float) -> float:
+    """Flax keeps `momentum` of the running average, PyTorch adds `momentum` of the batch."""
+    return round(1.0 - torch_momentum, 12)
+
+
+def model_context(spec: ir.Spec, analysis: Analysis) -> dict:
+    """The facts both backends share about the network, and what the Flax code needs besides."""
+    context = network_model_context(spec, analysis)
+    net = spec.network
+    return context | {
+        "bn_momentum": flax_momentum(net.batchnorm.momentum),
+        "bn_eps": net.batchnorm.eps,
+        "grouped": any(c.groups > 1 for c in context["classes"]),
+        "uses_avg_pool": "D" in context["shortcuts"],
+        # the shortcut options by the code they need: B and C build the same projection
+        "shortcut_groups": [g for g in ("A", "BC", "D") if set(g) & set(context["shortcuts"])],
+        "input_nhwc": (net.input[1], net.input[2], net.input[0]),
+    }
+
+
+def render_package(
+    spec: ir.Spec, analysis: Analysis, *, header: str, command: str, package: str
+) -> dict[str, str]:
+    """`header` opens every Python file; `command` regenerates the package into `package`."""
+    context = model_context(spec, analysis) | readme_context(spec, analysis)
+    context |= {"header": header, "command": command, "package": package}
+    return {name: render_template(template, **context) for name, template in MODEL_FILES.items()}
