@@ -59,8 +59,8 @@ def build_files(
     command = command_line(spec, backend, output, list(sets))
     package = (output if output is not None else default_output(spec, backend)).as_posix()
     header = (
-        f"{MARKER} {__version__} from {spec.path}; edit the spec, not this file.\n"
-        f"# Regenerate: {command}\n"
+        f"{MARKER} {__version__} from {spec.path}.\n"
+        f"# Edit the spec, not this file; regenerate with:\n#   {command}\n"
     )
     files = render(backend, spec, analysis, header=header, command=command, package=package)
     return {name: format_python(text) if name.endswith(".py") else text

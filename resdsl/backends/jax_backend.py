@@ -1,6 +1,7 @@
 """The JAX backend: model.py is a Flax linen network that reads like Flax's examples/imagenet
 `models.py`, with PyTorch's padding, initialisation and BN conventions; weights.py converts a
-state_dict of the PyTorch package into its variables.
+state_dict of the PyTorch package into its variables; data.py and train.py are the PyTorch
+trainer's pipelines, schedule and files in JAX, data parallel over every device.
 
 Module names mirror the PyTorch package's (`layer2.0.downsample.0` is `layer2_0/downsample_0`),
 so the two backends' networks are the same network, layer for layer.
@@ -12,6 +13,7 @@ from .. import ir
 from ..analysis import Analysis
 from .network_view import model_context as network_model_context
 from .templating import readme_context, render_template
+from .torch_backend import train_context
 
 # The files of the model half of a package; a trainer adds its files beside them.
 MODEL_FILES = {
@@ -48,4 +50,9 @@ def render_package(
     """`header` opens every Python file; `command` regenerates the package into `package`."""
     context = model_context(spec, analysis) | readme_context(spec, analysis)
     context |= {"header": header, "command": command, "package": package}
-    return {name: render_template(template, **context) for name, template in MODEL_FILES.items()}
+    files = {name: render_template(template, **context) for name, template in MODEL_FILES.items()}
+    if spec.train is not None:
+        context |= train_context(spec)  # the PyTorch trainer's facts: the same recipe
+        files["data.py"] = render_template("jax/data.py.jinja", **context)
+        files["train.py"] = render_template("jax/train.py.jinja", **context)
+    return files

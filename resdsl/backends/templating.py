@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import textwrap
 from pathlib import Path
 
 import jinja2
@@ -102,12 +103,13 @@ def data_context(spec: ir.Spec) -> dict:
     info = train.data.info
     native = info.size if info else net.input[1]
     mean = next((s.mode for s in train.preprocess if isinstance(s, ir.SubtractMean)), None)
-    pads, size = [], native
+    pads, pad_pairs, size = [], [], native
     for step in train.preprocess:
         if isinstance(step, ir.PadTo):
             total = step.size - size
             left = total // 2
             pads.append(f"({left}, {total - left}, {left}, {total - left})")
+            pad_pairs.append(f"({left}, {total - left})")
             size = step.size
     crop = flip = None
     train_size = size
@@ -129,7 +131,8 @@ def data_context(spec: ir.Spec) -> dict:
         "folder": kind == "imagefolder",
         "reader": reader,
         "stdlib_imports": folder.get("stdlib_imports", imports),
-        "pads_before_mean": pads,
+        "pads_before_mean": pads,  # F.pad's (left, right, top, bottom)
+        "pad_pairs_before_mean": pad_pairs,  # np.pad's (before, after), the same for H and W
         "padded_size": size,
         "native_size": native,
         "before_mean_doc": f", zero-padded to {size}x{size}" if pads else "",
@@ -236,4 +239,4 @@ def recipe_lines(spec: ir.Spec) -> list[str]:
     elif isinstance(train.warmup, ir.WarmupFor):
         lines.append(f"Warm-up: lr {train.warmup.lr:g} for {train.warmup.length} {unit}.")
     lines.append("Evaluation: " + ", ".join(p.op.replace("_", " ") for p in train.eval) + ".")
-    return lines
+    return [wrapped for line in lines for wrapped in textwrap.wrap(line, 96, subsequent_indent="  ")]
