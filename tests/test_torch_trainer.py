@@ -430,3 +430,21 @@ def test_generated_code_has_no_unused_names(tmp_path):
         result = subprocess.run([find_ruff_bin(), "check", "--isolated", "--select", "F,E9",
                                  str(out)], capture_output=True, text=True)  # fmt: skip
         assert result.returncode == 0, result.stdout
+
+
+def test_pca_lighting_on_arrays_shifts_each_image_by_one_colour(tmp_path):
+    spec = write_spec(tmp_path, """
+        network lit extends "%s"
+        train paper_cifar {
+            augment hflip, pca_lighting 0.1
+        }
+    """ % (ROOT / "specs/cifar/resnet20.res"))  # fmt: skip
+    data = import_package(compile_to(spec, tmp_path / "pkg"))["data"]
+    images = torch.rand(4, 3, 32, 32)
+    draws = data.draw_augmentation(4, torch.Generator().manual_seed(0))
+    assert draws["alpha"].shape == (4, 3) and 0.0 < draws["alpha"].abs().mean() < 0.3
+    out = data.augment(images, {**draws, "flip": torch.zeros(4, dtype=torch.bool)})
+    shift = (out - images).flatten(2)  # [N, 3, pixels]: the same at every pixel
+    assert torch.allclose(shift, shift[:, :, :1].expand_as(shift), atol=1e-6)
+    expected = (draws["alpha"] * torch.from_numpy(data.EIGVAL)) @ torch.from_numpy(data.EIGVEC).T
+    assert torch.allclose(shift[:, :, 0], expected, atol=1e-6)

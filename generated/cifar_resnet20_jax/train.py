@@ -404,7 +404,7 @@ def main(argv: list[str] | None = None) -> None:
 
         progress = tqdm(total=total, initial=start, unit="it", dynamic_ncols=True)
     log_every = args.log_every or max(1, min(100, total // 10))
-    interval_start = time.perf_counter()
+    interval_start = time.perf_counter()  # of the current log interval, pauses excluded
     for iteration in range(start, total):
         # the learning rate of this iteration
         lr = schedule.lr(iteration)
@@ -424,6 +424,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"the training loss is {loss_mean} by iteration {done}", checkpoint_path
                 )
             seconds = time.perf_counter() - interval_start
+            interval_start = time.perf_counter()
             clock["train_s"] += seconds
             clock["images"] += len(window) * args.batch_size
             record = {
@@ -445,10 +446,10 @@ def main(argv: list[str] | None = None) -> None:
                     progress.set_postfix_str(f"loss {loss_mean:.3f} err {error_mean:.1%}")
                 else:
                     print(line, flush=True)
-            interval_start = time.perf_counter()
 
         # checkpoint: only weights from finite losses
         if done % args.checkpoint_every == 0 or done == total:
+            paused = time.perf_counter()
             if window:
                 loss_now = float(np.sum(jax.device_get(window), axis=0)[0])
                 if not math.isfinite(loss_now):
@@ -456,7 +457,7 @@ def main(argv: list[str] | None = None) -> None:
                         f"the training loss is {loss_now} by iteration {done}", checkpoint_path
                     )
             checkpoint(state, done)
-            interval_start = time.perf_counter()
+            interval_start += time.perf_counter() - paused
     if progress is not None:
         progress.close()
 

@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> None:
 
         progress = tqdm(total=total, initial=start, unit="it", dynamic_ncols=True)
     log_every = args.log_every or max(1, min(100, total // 10))
-    interval_start = time.perf_counter()
+    interval_start = time.perf_counter()  # of the current log interval, pauses excluded
     model.train()
     for iteration in range(start, total):
         # the learning rate of this iteration
@@ -413,6 +413,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"the training loss is {loss_mean} by iteration {done}", checkpoint_path
                 )
             seconds = time.perf_counter() - interval_start
+            interval_start = time.perf_counter()
             clock["train_s"] += seconds
             clock["images"] += len(window) * args.batch_size
             record = {
@@ -434,10 +435,10 @@ def main(argv: list[str] | None = None) -> None:
                     progress.set_postfix_str(f"loss {loss_mean:.3f} err {error_mean:.1%}")
                 else:
                     print(line, flush=True)
-            interval_start = time.perf_counter()
 
         # validate: on the held-out split, or the test split without one
         if done % schedule.validate_every == 0 and done < total:
+            paused = time.perf_counter()
             split = "val" if "val" in data.splits else "test"
             result = evaluate(model, data, split, "single_view", args, device, world)
             schedule.validated(result["top1_error"])
@@ -445,10 +446,11 @@ def main(argv: list[str] | None = None) -> None:
                 append_metrics(
                     run, {"iteration": done, "split": split, "protocol": "single_view", **result}
                 )
-            interval_start = time.perf_counter()
+            interval_start += time.perf_counter() - paused  # not training time
 
         # checkpoint: only weights from finite losses
         if done % args.checkpoint_every == 0 or done == total:
+            paused = time.perf_counter()
             if window:
                 loss_now = all_sum([float(torch.stack(window)[:, 0].sum())], device, world)[0]
                 if not math.isfinite(loss_now):
@@ -456,7 +458,7 @@ def main(argv: list[str] | None = None) -> None:
                         f"the training loss is {loss_now} by iteration {done}", checkpoint_path
                     )
             checkpoint(done)
-            interval_start = time.perf_counter()
+            interval_start += time.perf_counter() - paused
     if progress is not None:
         progress.close()
 

@@ -49,12 +49,12 @@ MEAN_IMAGES = 10_000  # the training mean is computed from at most this many ima
 # AlexNet's PCA lighting noise (Krizhevsky et al. 2012) along the principal components of
 # ImageNet's RGB pixels in [0, 1]: the eigenvalues and eigenvectors (columns) used by
 # fb.resnet.torch (datasets/imagenet.lua), the Torch code that reproduced He et al.'s ResNets.
-EIGVAL = np.array([0.2175, 0.0188, 0.0045])
+EIGVAL = np.array([0.2175, 0.0188, 0.0045], np.float32)
 EIGVEC = np.array([
     [-0.5675, 0.7192, 0.4009],
     [-0.5808, -0.0045, -0.8140],
     [-0.5836, -0.6948, 0.4203],
-])  # fmt: skip
+], np.float32)  # fmt: skip
 
 
 def class_folders(folder: Path) -> list[str]:
