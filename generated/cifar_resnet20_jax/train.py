@@ -21,10 +21,9 @@ Run it (paths are relative to where you run it; `python train.py --help` lists e
     python generated/cifar_resnet20_jax/train.py --eval-only --checkpoint runs/resnet20/checkpoint.pkl
 
 A process drives every device it sees: the global batch is split over them (and over the devices
-of every process, with several), and BN statistics are those of the global batch. A run directory
-holds checkpoint.pkl (the latest complete one), metrics.jsonl (a line per log interval and per
-evaluation), final.json (the test errors at the end),
-and mean.npz (the training mean).
+of every process, with several), and BN statistics are those of the global batch. A run
+directory holds checkpoint.pkl (the latest complete one), metrics.jsonl (a line per log interval
+and per evaluation), final.json (the test errors at the end) and mean.npz (the training mean).
 """
 
 import argparse
@@ -53,10 +52,7 @@ MOMENTUM = 0.9
 WEIGHT_DECAY = 0.0001
 ITERATIONS = 64000
 LR_FACTOR = 0.1  # at each milestone
-MILESTONES = (
-    32000,
-    48000,
-)
+MILESTONES = (32000, 48000)
 VAL_SPLIT = 0  # training images held out for validation
 EVAL = ("single_view",)  # protocols; the first gives test_top1_error
 TOP5 = True

@@ -20,8 +20,8 @@ Run it (paths are relative to where you run it; `python train.py --help` lists e
     python generated/fashion_mnist_resnet20_torch/train.py --eval-only --checkpoint runs/resnet20/checkpoint.pt
 
 A run directory holds checkpoint.pt (the latest complete one), metrics.jsonl (a line per log
-interval and per evaluation), final.json (the test errors at the end),
-and mean.pt (the training mean).
+interval and per evaluation), final.json (the test errors at the end) and mean.pt (the training
+mean).
 """
 
 import argparse
@@ -48,10 +48,7 @@ MOMENTUM = 0.9
 WEIGHT_DECAY = 0.0001
 ITERATIONS = 64000
 LR_FACTOR = 0.1  # at each milestone
-MILESTONES = (
-    32000,
-    48000,
-)
+MILESTONES = (32000, 48000)
 VAL_SPLIT = 0  # training images held out for validation
 EVAL = ("single_view",)  # protocols; the first gives test_top1_error
 TOP5 = True

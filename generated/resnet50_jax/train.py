@@ -21,10 +21,9 @@ Run it (paths are relative to where you run it; `python train.py --help` lists e
     python generated/resnet50_jax/train.py --eval-only --checkpoint runs/resnet50/checkpoint.pkl
 
 A process drives every device it sees: the global batch is split over them (and over the devices
-of every process, with several), and BN statistics are those of the global batch. A run directory
-holds checkpoint.pkl (the latest complete one), metrics.jsonl (a line per log interval and per
-evaluation), final.json (the test errors at the end),
-and mean.npz (the training mean).
+of every process, with several), and BN statistics are those of the global batch. A run
+directory holds checkpoint.pkl (the latest complete one), metrics.jsonl (a line per log interval
+and per evaluation), final.json (the test errors at the end) and mean.npz (the training mean).
 """
 
 import argparse

@@ -20,8 +20,8 @@ Run it (paths are relative to where you run it; `python train.py --help` lists e
     python generated/torchvision_resnet50_torch/train.py --eval-only --checkpoint runs/resnet50/checkpoint.pt
 
 A run directory holds checkpoint.pt (the latest complete one), metrics.jsonl (a line per log
-interval and per evaluation), final.json (the test errors at the end),
-and mean.pt (the training mean).
+interval and per evaluation), final.json (the test errors at the end) and mean.pt (the training
+mean).
 """
 
 import argparse
