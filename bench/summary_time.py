@@ -50,7 +50,10 @@ def main() -> None:
     resdsl = str(Path(py).with_name("resdsl"))
     rows = [
         ("python -c pass", [py, "-c", "pass"]),
-        ("import lark, jinja2, pydantic, typer", [py, "-c", "import lark, jinja2, pydantic, typer"]),
+        (
+            "import lark, jinja2, pydantic, typer",
+            [py, "-c", "import lark, jinja2, pydantic, typer"],
+        ),
         ("a one-command typer program", [py, script.name, "show", "x"]),
         ("resdsl summary specs/resnet152.res", [resdsl, "summary", "specs/resnet152.res"]),
         ("resdsl check specs/resnet152.res", [resdsl, "check", "specs/resnet152.res"]),

@@ -73,7 +73,11 @@ class Analysis(NamedTuple):
                 }
                 for s in self.stages
             ],
-            "stem": {"out": list(self.stem.out), "params": self.stem.params, "macs": self.stem.macs},
+            "stem": {
+                "out": list(self.stem.out),
+                "params": self.stem.params,
+                "macs": self.stem.macs,
+            },
             "head": {"params": self.head.params, "macs": self.head.macs},
         }
 

@@ -67,7 +67,10 @@ def _fail(report: Report) -> None:
 
 @app.command(epilog="Example:  resdsl check specs/*.res specs/*/*.res")
 def check(
-    files: Annotated[list[Path], typer.Argument(help="Spec files to check.", show_default=False)],
+    files: Annotated[
+        list[Path],
+        typer.Argument(metavar="FILE...", help="Spec files to check.", show_default=False),
+    ],
 ) -> None:
     """Check specs: exit 0 when every file is valid, else print every problem and exit 1."""
     from .frontend import load_spec
@@ -89,7 +92,7 @@ def check(
 
 @app.command(epilog="Example:  resdsl summary specs/cifar/resnet20.res --set n=18")
 def summary(
-    file: Annotated[Path, typer.Argument(help="The spec.", show_default=False)],
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="The spec.", show_default=False)],
     set_: SetOption = None,
     json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
@@ -108,11 +111,16 @@ def summary(
     "compile", epilog="Example:  resdsl compile specs/resnet34.res --backend torch -o out/r34"
 )
 def compile_(
-    file: Annotated[Path, typer.Argument(help="The spec.", show_default=False)],
-    backend: Annotated[str, typer.Option(help="torch or jax.")] = "torch",
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="The spec.", show_default=False)],
+    backend: Annotated[str, typer.Option(metavar="NAME", help="torch or jax.")] = "torch",
     output: Annotated[
         Path | None,
-        typer.Option("-o", "--output", help="Package directory [default: generated/NAME_BACKEND]."),
+        typer.Option(
+            "-o",
+            "--output",
+            metavar="DIR",
+            help="Package directory [default: generated/NAME_BACKEND].",
+        ),
     ] = None,
     set_: SetOption = None,
     force: Annotated[

@@ -39,7 +39,9 @@ class Node(BaseModel):
         )
 
     def __hash__(self) -> int:
-        return hash(tuple(_hashable(getattr(self, n)) for n in type(self).model_fields if n != "span"))
+        return hash(
+            tuple(_hashable(getattr(self, n)) for n in type(self).model_fields if n != "span")
+        )
 
 
 def _hashable(value: Any) -> Any:
@@ -229,7 +231,9 @@ class PCALighting(Node):
 
 
 Preprocess = Annotated[PadTo | SubtractMean, Field(discriminator="op")]
-Augment = Annotated[Pad | RandomCrop | HFlip | ScaleShorter | PCALighting, Field(discriminator="op")]
+Augment = Annotated[
+    Pad | RandomCrop | HFlip | ScaleShorter | PCALighting, Field(discriminator="op")
+]
 
 
 class SingleView(Node):

@@ -129,7 +129,9 @@ def _unclosed_brace(path: str, text: str) -> Span | None:
     return Span(path, line, column, line, column + 1)
 
 
-def _message_for_token(path: str, error: UnexpectedToken, text: str) -> tuple[str, Span, str | None]:
+def _message_for_token(
+    path: str, error: UnexpectedToken, text: str
+) -> tuple[str, Span, str | None]:
     token = error.token
     expected = set(error.expected)
     if error.interactive_parser is not None:
@@ -187,9 +189,11 @@ def _after_trailing_comma(text: str, token: Token) -> bool:
     lines = before.splitlines()
     while lines and lines[-1].strip().startswith("#"):
         lines.pop()
-    return bool(lines) and lines[-1].split("#")[0].rstrip().endswith(",") and "\n" in text[
-        len("\n".join(lines)) : position
-    ]
+    return (
+        bool(lines)
+        and lines[-1].split("#")[0].rstrip().endswith(",")
+        and "\n" in text[len("\n".join(lines)) : position]
+    )
 
 
 class _Recovery:

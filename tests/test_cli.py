@@ -37,9 +37,7 @@ def test_summary_table(capsys):
     code, out, _ = run_cli(["summary", "specs/resnet34.res"], capsys)
     assert code == 0
     lines = out.splitlines()
-    assert lines[0] == (
-        "resnet34 (specs/resnet34.res): input 3x224x224, 1000 classes, 34 layers"
-    )
+    assert lines[0] == ("resnet34 (specs/resnet34.res): input 3x224x224, 1000 classes, 34 layers")
     assert lines[2].split() == ["stage", "blocks", "output", "params", "multiply-adds"]
     assert lines[4].split() == ["conv2_x", "3", "64x56x56", "221,952", "693,633,024"]
     assert lines[-1].split()[:3] == ["total", "21,797,672", "3,663,761,408"]

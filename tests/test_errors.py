@@ -42,7 +42,10 @@ def test_no_traceback_in_a_real_process(name):
     spec = f"tests/specs_with_errors/{name}.res"
     result = subprocess.run(
         [sys.executable, "-m", "resdsl.cli", "check", spec],
-        cwd=ROOT, capture_output=True, text=True, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr

@@ -67,9 +67,11 @@ def test_bad_set_values_are_reported(tmp_path, sets, message):
 
 
 def test_expressions_in_widths(tmp_path):
-    text = CIFAR_NET.replace("param n = 3", "param n = 3\nparam k = 2").replace(
-        "n x 32", "n x 16*k"
-    ).replace("n x 64", "n x (16 + 16) * k - 0")
+    text = (
+        CIFAR_NET.replace("param n = 3", "param n = 3\nparam k = 2")
+        .replace("n x 32", "n x 16*k")
+        .replace("n x 64", "n x (16 + 16) * k - 0")
+    )
     spec, _ = load_spec(write(tmp_path, "net.res", text))
     assert [s.width for s in spec.network.stages] == [16, 32, 64]
 
@@ -297,8 +299,11 @@ def test_a_rejected_set_value_is_reported_once(tmp_path):
 
 
 def test_stage_shortcuts_can_replace_the_network_one(tmp_path):
-    text = CIFAR_NET.replace("shortcut A", "").replace("n x 16", "n x 16, shortcut A").replace(
-        "n x 32, stride 2", "n x 32, stride 2, shortcut B"
-    ).replace("n x 64,", "n x 64, shortcut C,")
+    text = (
+        CIFAR_NET.replace("shortcut A", "")
+        .replace("n x 16", "n x 16, shortcut A")
+        .replace("n x 32, stride 2", "n x 32, stride 2, shortcut B")
+        .replace("n x 64,", "n x 64, shortcut C,")
+    )
     spec, _ = load_spec(write(tmp_path, "net.res", text))
     assert [s.shortcut for s in spec.network.stages] == ["A", "B", "C"]

@@ -66,7 +66,9 @@ def write_spec(tmp_path: Path, text: str, name: str = "net.res") -> Path:
 
 @pytest.fixture(scope="module")
 def fashion(tmp_path_factory) -> Path:
-    return compile_to(ROOT / "specs/fashion-mnist/resnet20.res", tmp_path_factory.mktemp("f") / "pkg")
+    return compile_to(
+        ROOT / "specs/fashion-mnist/resnet20.res", tmp_path_factory.mktemp("f") / "pkg"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +136,9 @@ def test_cifar100_pickles(tmp_path):
             pickle.dump({b"data": np.full((n, 3072), 7, np.uint8),
                          b"fine_labels": list(range(n)), b"coarse_labels": [0] * n}, f)  # fmt: skip
     arrays = data.load_arrays(root)
-    assert arrays["train"][0].shape == (8, 3, 32, 32) and arrays["train"][1].tolist() == list(range(8))
+    assert arrays["train"][0].shape == (8, 3, 32, 32) and arrays["train"][1].tolist() == list(
+        range(8)
+    )
     assert data.CLASSES == 100
 
 
@@ -213,7 +217,9 @@ def test_per_pixel_mean_is_computed_once_and_cached(cifar, tmp_path):
     raw_test = torch.from_numpy(cifar["data"].load_arrays(tmp_path / "c")["test"][0]).float() / 255
     assert torch.allclose(test_images, raw_test - mean, atol=1e-6)  # the training mean, on test
     torch.save({"mean": torch.zeros(3, 32, 32), "count": 30}, cache)  # the cache is read back
-    d2 = cifar["data"].ArrayData(tmp_path / "c", torch.device("cpu"), batch_size=6, mean_cache=cache)
+    d2 = cifar["data"].ArrayData(
+        tmp_path / "c", torch.device("cpu"), batch_size=6, mean_cache=cache
+    )
     assert torch.allclose(d2.train_images, raw, atol=1e-6)
 
 
@@ -303,7 +309,9 @@ def test_plateau_divides_the_learning_rate(tmp_path):
 # --- runs ------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_a_short_run_on_real_fashion_mnist_is_far_above_chance(fashion, tmp_path):
-    assert (FASHION / "train-images-idx3-ubyte.gz").exists(), "apt-get install dataset-fashion-mnist"
+    assert (FASHION / "train-images-idx3-ubyte.gz").exists(), (
+        "apt-get install dataset-fashion-mnist"
+    )
     run = tmp_path / "run"
     result = run_train(fashion, "--out", str(run), "--iterations", "150", "--batch-size", "64",
                        "--eval-images", "2000", "--log-every", "50")  # fmt: skip
@@ -326,7 +334,10 @@ def test_a_short_run_on_real_fashion_mnist_is_far_above_chance(fashion, tmp_path
     assert set(checkpoint) >= {"model", "optimizer", "iteration", "rng", "data", "schedule"}
     evaluated = run_train(fashion, "--eval-only", "--checkpoint", str(run / "checkpoint.pt"),
                           "--out", str(run), "--eval-images", "2000")  # fmt: skip
-    assert json.loads(evaluated.stdout)["test"]["single_view"]["top1_error"] == final["test_top1_error"]
+    assert (
+        json.loads(evaluated.stdout)["test"]["single_view"]["top1_error"]
+        == final["test_top1_error"]
+    )
 
 
 @pytest.mark.slow
@@ -407,9 +418,25 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
 # --- the generated files ---------------------------------------------------------------------
 def test_help_lists_the_flags(fashion):
     result = run_train(fashion, "--help")
-    for flag in ("--data", "--out", "--iterations", "--batch-size", "--device", "--seed",
-                 "--checkpoint-every", "--resume", "--eval-only", "--checkpoint", "--val-split",
-                 "--amp", "--no-amp", "--compile", "--no-compile", "--progress", "--no-progress"):
+    for flag in (
+        "--data",
+        "--out",
+        "--iterations",
+        "--batch-size",
+        "--device",
+        "--seed",
+        "--checkpoint-every",
+        "--resume",
+        "--eval-only",
+        "--checkpoint",
+        "--val-split",
+        "--amp",
+        "--no-amp",
+        "--compile",
+        "--no-compile",
+        "--progress",
+        "--no-progress",
+    ):
         assert flag in result.stdout, flag  # fmt: skip
     assert "/usr/share/datasets/fashion-mnist" in result.stdout
 

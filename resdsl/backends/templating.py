@@ -239,4 +239,6 @@ def recipe_lines(spec: ir.Spec) -> list[str]:
     elif isinstance(train.warmup, ir.WarmupFor):
         lines.append(f"Warm-up: lr {train.warmup.lr:g} for {train.warmup.length} {unit}.")
     lines.append("Evaluation: " + ", ".join(p.op.replace("_", " ") for p in train.eval) + ".")
-    return [wrapped for line in lines for wrapped in textwrap.wrap(line, 96, subsequent_indent="  ")]
+    return [
+        wrapped for line in lines for wrapped in textwrap.wrap(line, 96, subsequent_indent="  ")
+    ]

@@ -53,7 +53,9 @@ def schedule_doc(train: ir.Train) -> str:
     else:
         text = "LR throughout"
     if isinstance(train.warmup, ir.WarmupUntil):
-        text = f"WARMUP_LR until the training error is below {train.warmup.train_error:g}, then {text}"
+        text = (
+            f"WARMUP_LR until the training error is below {train.warmup.train_error:g}, then {text}"
+        )
     elif isinstance(train.warmup, ir.WarmupFor):
         text = f"WARMUP_LR for the first {train.warmup.length} {unit}, then {text}"
     return text

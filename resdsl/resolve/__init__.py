@@ -94,9 +94,7 @@ class Loader:
                 return []
             if not spec.networks:
                 if files:
-                    self.report.error(
-                        f"{spec.path} declares no network to extend", mentioned_at
-                    )
+                    self.report.error(f"{spec.path} declares no network to extend", mentioned_at)
                     return []
                 self.report.error(f"{spec.path} declares no network", None)
                 return []

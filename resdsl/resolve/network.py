@@ -51,8 +51,10 @@ class NetworkReader:
         head = self._head(single.get("head"))
         built_stages = [self._stage(i, st, block, shortcut, plain) for i, st in enumerate(stages)]
         _check_stage_names(stages, self.report)
-        if init.zero_init_residual and built_stages and all(
-            st is not None and st.shortcut == "none" for st in built_stages
+        if (
+            init.zero_init_residual
+            and built_stages
+            and all(st is not None and st.shortcut == "none" for st in built_stages)
         ):
             self.report.error(
                 "no stage has a shortcut, so there is no residual branch to zero-initialise",
@@ -271,4 +273,3 @@ def _check_stage_names(stages: list[s.Statement], report: Report) -> None:
                 st.label.span,
                 f"the first is at line {first.span.line}; stage names must be unique",
             )
-

@@ -288,8 +288,7 @@ def _check_counts(train: ir.Train, st: dict[str, s.Statement], report: Report) -
                 )
             elif milestone >= length:
                 report.error(
-                    f"milestone {milestone} is not before the end of training "
-                    f"({length} {unit})",
+                    f"milestone {milestone} is not before the end of training ({length} {unit})",
                     st["schedule"].span,
                     "milestones are in the unit of `length`",
                 )
@@ -345,7 +344,11 @@ def check_data(
             st["val_split"].span,
         )
     ops = [step.op for step in train.preprocess]
-    if "pad_to" in ops and "subtract_mean" in ops and ops.index("pad_to") > ops.index("subtract_mean"):
+    if (
+        "pad_to" in ops
+        and "subtract_mean" in ops
+        and ops.index("pad_to") > ops.index("subtract_mean")
+    ):
         report.error(
             "pad_to must come before subtract_mean: the mean is taken of the padded images",
             st["preprocess"].span,
@@ -423,8 +426,10 @@ def _check_folder(
         if isinstance(step, ir.PadTo):
             report.error("pad_to applies to fixed-size arrays, not image folders", step.span)
     ops = [step.op for step in train.augment]
-    if "scale_shorter" in ops and "random_crop" in ops and ops.index("random_crop") < ops.index(
-        "scale_shorter"
+    if (
+        "scale_shorter" in ops
+        and "random_crop" in ops
+        and ops.index("random_crop") < ops.index("scale_shorter")
     ):
         report.error(
             "random_crop comes before scale_shorter: the crop would be resized again",
