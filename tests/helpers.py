@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import pickle
+import signal
+import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,3 +32,28 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, s
         sys.argv = argv
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def kill_at_checkpoint(
+    process: subprocess.Popen, iteration_of: Callable[[], int], at_least: int, timeout: float = 300
+) -> int:
+    """SIGKILL a training run once its checkpoint (read by `iteration_of`) has reached
+    `at_least` iterations; returns the iteration of the checkpoint it leaves behind."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        time.sleep(0.01)
+        try:
+            iteration = iteration_of()
+        except (FileNotFoundError, EOFError, RuntimeError, pickle.UnpicklingError):
+            continue  # not written yet
+        if iteration >= at_least:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            return iteration
+    raise AssertionError("the run never reached the checkpoint to be killed at")
+
+
+def logged(run: Path) -> list[dict]:
+    """metrics.jsonl without the throughput, which differs from run to run."""
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "images_per_s"} for line in lines]

@@ -14,11 +14,9 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +24,7 @@ import pytest
 
 from resdsl.compile import build_files, compile_spec
 from resdsl.frontend import load_spec
-from tests.helpers import ROOT, SPECS
+from tests.helpers import ROOT, SPECS, kill_at_checkpoint, logged
 from tests.test_jax_model import imported
 from tests.test_torch_folder import FULL, LEAN, TINY, write_tree
 from tests.test_torch_trainer import FASHION, import_package, write_cifar10, write_spec
@@ -145,11 +143,6 @@ def checkpoint(run: Path) -> dict:
 
 def leaves(state: dict) -> list[np.ndarray]:
     return jax.tree.leaves(state["variables"]) + list(state["opt_state"])
-
-
-def logged(run: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k != "images_per_s"}
-            for line in (run / "metrics.jsonl").read_text().splitlines()]  # fmt: skip
 
 
 # --- every spec ---------------------------------------------------------------------------------
@@ -562,19 +555,8 @@ def test_kill_and_resume_ends_with_the_same_weights_bitwise(run_jax, synthetic, 
     run = tmp_path / "b"
     process = run_jax(synthetic, "--out", str(run), *common, popen=True,
                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    killed_at = None
-    deadline = time.time() + 300
-    while killed_at is None and time.time() < deadline:
-        time.sleep(0.01)
-        try:
-            iteration = checkpoint(run)["iteration"]
-        except (FileNotFoundError, EOFError, pickle.UnpicklingError):
-            continue
-        if iteration >= 10:
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-            killed_at = iteration
-    assert killed_at is not None and killed_at < 60, "the run ended before it could be killed"
+    killed_at = kill_at_checkpoint(process, lambda: checkpoint(run)["iteration"], 10, timeout=300)
+    assert killed_at < 60, "the run ended before it could be killed"
     resumed = run_jax(synthetic, "--out", str(run), "--resume", *common)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from {run / 'checkpoint.pkl'} at iteration {killed_at}" in resumed.stdout

@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, kill_at_checkpoint, logged
 from tests.test_torch_trainer import compile_to, import_package, run_train, write_spec
 
 torch = pytest.importorskip("torch")
@@ -450,29 +448,16 @@ def test_kill_and_resume_ends_with_the_same_weights(package, tree, tmp_path):
         [sys.executable, str(package / "train.py"), "--no-progress", "--out", str(run), *common],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=package.parent,
     )  # fmt: skip
-    killed_at = None
-    deadline = time.time() + 120
-    while killed_at is None and time.time() < deadline:
-        time.sleep(0.01)
-        try:
-            iteration = torch.load(run / "checkpoint.pt")["iteration"]
-        except (FileNotFoundError, RuntimeError, EOFError):
-            continue
-        if iteration >= 10:
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-            killed_at = iteration
-    assert killed_at is not None and killed_at < 60, "the run ended before it could be killed"
+    killed_at = kill_at_checkpoint(
+        process, lambda: torch.load(run / "checkpoint.pt")["iteration"], 10, timeout=120
+    )
+    assert killed_at < 60, "the run ended before it could be killed"
     resumed = run_train(package, "--out", str(run), "--resume", *common)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from {run / 'checkpoint.pt'} at iteration {killed_at}" in resumed.stdout
     b = torch.load(run / "checkpoint.pt")
     assert a["data"] == b["data"]
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])  # bitwise
-
-    def logged(path):
-        return [{k: v for k, v in json.loads(line).items() if k != "images_per_s"}
-                for line in (path / "metrics.jsonl").read_text().splitlines()]  # fmt: skip
 
     assert logged(tmp_path / "a") == logged(run)
 

@@ -7,12 +7,10 @@ import gzip
 import json
 import os
 import pickle
-import signal
 import struct
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ import pytest
 
 from resdsl.compile import compile_spec
 from resdsl.frontend import load_spec
-from tests.helpers import ROOT
+from tests.helpers import ROOT, kill_at_checkpoint, logged
 
 torch = pytest.importorskip("torch")
 
@@ -351,29 +349,16 @@ def test_kill_and_resume_ends_with_the_same_weights(fashion, tmp_path):
         [sys.executable, str(fashion / "train.py"), "--no-progress", "--out", str(run), *common],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    killed_at = None
-    deadline = time.time() + 300
-    while killed_at is None and time.time() < deadline:
-        time.sleep(0.02)
-        try:
-            iteration = torch.load(run / "checkpoint.pt")["iteration"]
-        except (FileNotFoundError, RuntimeError, EOFError):
-            continue
-        if iteration >= 10:
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-            killed_at = iteration
-    assert killed_at is not None and killed_at < 30, "the run ended before it could be killed"
+    killed_at = kill_at_checkpoint(
+        process, lambda: torch.load(run / "checkpoint.pt")["iteration"], 10, timeout=300
+    )
+    assert killed_at < 30, "the run ended before it could be killed"
     resumed = run_train(fashion, "--out", str(run), "--resume", *common)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from {run / 'checkpoint.pt'} at iteration {killed_at}" in resumed.stdout
     a = torch.load(tmp_path / "a" / "checkpoint.pt")
     b = torch.load(run / "checkpoint.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])  # bitwise
-
-    def logged(path):
-        return [{k: v for k, v in json.loads(line).items() if k != "images_per_s"}
-                for line in (path / "metrics.jsonl").read_text().splitlines()]  # fmt: skip
 
     assert logged(tmp_path / "a") == logged(run)
 
