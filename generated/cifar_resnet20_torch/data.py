@@ -165,19 +165,28 @@ class ArrayData:
     def iterations_per_epoch(self) -> int:
         return len(self.train_labels) // self.batch_size
 
-    def train_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """This process's shard of the next training batch, augmented."""
+    def next_draws(self) -> dict[str, torch.Tensor]:
+        """The random choices of this process's shard of the next training batch, on the host:
+        which images and how each is augmented."""
         if self.position + self.batch_size > len(self.order):  # a new epoch, reshuffled
             self.order = torch.randperm(len(self.train_labels), generator=self.generator)
             self.epoch, self.position = self.epoch + 1, 0
-        index = self.order[self.position : self.position + self.batch_size]
+        draws = {"index": self.order[self.position : self.position + self.batch_size]}
         self.position += self.batch_size
-        draws = draw_augmentation(self.batch_size, self.generator)
+        draws.update(draw_augmentation(self.batch_size, self.generator))
         share = self.batch_size // self.world
         shard = slice(self.rank * share, (self.rank + 1) * share)
-        index = index[shard].to(self.device)
-        images = augment(self.train_images[index], {k: v[shard] for k, v in draws.items()})
-        return images, self.train_labels[index]
+        return {k: v[shard] for k, v in draws.items()}
+
+    def batch(self, draws: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images (augmented) and labels that `draws` choose, on the device; only tensor
+        operations, so that a CUDA graph can capture them."""
+        index = draws["index"].to(self.device)
+        return augment(self.train_images[index], draws), self.train_labels[index]
+
+    def train_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's shard of the next training batch, augmented."""
+        return self.batch(self.next_draws())
 
     def eval_batches(self, split: str, batch_size: int, limit: int | None = None):
         """(images, labels) of this process's part of a split, the single original view."""

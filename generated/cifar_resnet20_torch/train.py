@@ -89,10 +89,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="bf16 autocast (default: on CUDA)",
     )
     p.add_argument(
+        "--cuda-graph",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="capture the whole training step as one CUDA graph (default: on one CUDA device)",
+    )
+    p.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="torch.compile the model (default: on CUDA)",
+        help="torch.compile the model (default: on CUDA without --cuda-graph)",
     )
     p.add_argument(
         "--progress",
@@ -180,9 +186,10 @@ def error_counts(scores: torch.Tensor, labels: torch.Tensor) -> list[float]:
 
 
 def autocast(args, device):
-    return (
-        torch.autocast(device.type, dtype=torch.bfloat16) if args.amp else contextlib.nullcontext()
-    )
+    if not args.amp:
+        return contextlib.nullcontext()
+    # no cache of cast weights: a CUDA graph replays the casts with the weights of the moment
+    return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
 
 
 # Checkpoints --------------------------------------------------------------------------------
@@ -225,13 +232,68 @@ class Stopped(Exception):
         super().__init__(f"{reason}; stopping ({kept})")
 
 
+class GraphedStep:
+    """The training step captured as one CUDA graph and replayed: batch gather and augmentation,
+    forward, backward and the SGD update in a single launch. Small networks trained eagerly leave
+    the GPU waiting for kernel launches; a replayed graph does not.
+
+    The host draws each batch's random choices as an eager step does and copies them into the
+    graph's input buffers. The learning rate is a constant of the graph, so each new rate gets a
+    few eager steps (on a side stream, as capture requires) and then a graph of its own.
+    """
+
+    EAGER_STEPS = 3
+
+    def __init__(self, step, device: torch.device) -> None:
+        self.step = step  # draws on the device -> [loss, error] of the batch
+        self.device = device
+        self.side = torch.cuda.Stream(device)
+        self.lr, self.eager_left = None, 0
+        self.graph = self.inputs = self.stats = None
+
+    def __call__(self, draws: dict[str, torch.Tensor], lr: float) -> torch.Tensor:
+        if lr != self.lr:
+            torch.cuda.synchronize(self.device)  # the old graph is not running when it goes
+            self.graph = self.inputs = self.stats = None
+            self.lr, self.eager_left = lr, self.EAGER_STEPS
+        if self.eager_left:
+            self.eager_left -= 1
+            self.side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(self.side):
+                stats = self.step(draws)
+            torch.cuda.current_stream(self.device).wait_stream(self.side)
+            return stats
+        if self.graph is None:
+            self.capture(draws)
+        for name, value in draws.items():
+            self.inputs[name].copy_(value.pin_memory(), non_blocking=True)
+        self.graph.replay()
+        return self.stats.clone()
+
+    def capture(self, draws: dict[str, torch.Tensor]) -> None:
+        self.inputs = {name: value.to(self.device) for name, value in draws.items()}
+        self.graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(self.graph):
+                self.stats = self.step(self.inputs)
+        except RuntimeError as error:
+            raise SystemExit(
+                f"error: capturing the training step as a CUDA graph failed: {error}\n"
+                "(train without one: --no-cuda-graph)"
+            ) from None
+
+
 # Training -----------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     rank, world, device = setup(args.device)
     cuda = device.type == "cuda"
     args.amp = cuda if args.amp is None else args.amp
-    args.compile = cuda if args.compile is None else args.compile
+    if args.cuda_graph is None:
+        args.cuda_graph = cuda and world == 1 and not args.compile
+    if args.cuda_graph and (not cuda or world > 1 or args.compile):
+        sys.exit("error: --cuda-graph needs one process on a CUDA device, and no --compile")
+    args.compile = cuda and not args.cuda_graph if args.compile is None else args.compile
     show_progress = (sys.stderr.isatty() if args.progress is None else args.progress) and rank == 0
     run = Path(args.out)
     if rank == 0:
@@ -295,6 +357,22 @@ def main(argv: list[str] | None = None) -> None:
     if args.compile:
         step_model = torch.compile(step_model)
 
+    def train_step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Forward, backward, update; the batch's [loss, error]."""
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(args, device):
+            logits = step_model(images.contiguous(memory_format=torch.channels_last))
+            loss = F.cross_entropy(logits.float(), labels)
+        loss.backward()
+        optimizer.step()
+        return torch.stack([loss.detach(), (logits.argmax(1) != labels).float().mean()])
+
+    graphed = (
+        GraphedStep(lambda draws: train_step(*data.batch(draws)), device)
+        if args.cuda_graph
+        else None
+    )
+
     def checkpoint(iteration: int) -> None:
         """Save the latest state, never weights that are no longer finite (on every process)."""
         tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
@@ -335,16 +413,8 @@ def main(argv: list[str] | None = None) -> None:
             group["lr"] = lr
 
         # forward, backward, update
-        images, labels = data.train_batch()
-        images = images.contiguous(memory_format=torch.channels_last)
-        with autocast(args, device):
-            logits = step_model(images)
-            loss = F.cross_entropy(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        error = (logits.argmax(1) != labels).float().mean()
-        window.append(torch.stack([loss.detach(), error]))
+        stats = graphed(data.next_draws(), lr) if graphed else train_step(*data.train_batch())
+        window.append(stats)
         done = iteration + 1
 
         # log: the mean loss and error since the last log line

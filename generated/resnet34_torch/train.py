@@ -351,6 +351,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.compile:
         step_model = torch.compile(step_model)
 
+    def train_step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Forward, backward, update; the batch's [loss, error]."""
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(args, device):
+            logits = step_model(images.contiguous(memory_format=torch.channels_last))
+            loss = F.cross_entropy(logits.float(), labels)
+        loss.backward()
+        optimizer.step()
+        return torch.stack([loss.detach(), (logits.argmax(1) != labels).float().mean()])
+
     def checkpoint(iteration: int) -> None:
         """Save the latest state, never weights that are no longer finite (on every process)."""
         tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
@@ -391,16 +401,8 @@ def main(argv: list[str] | None = None) -> None:
             group["lr"] = lr
 
         # forward, backward, update
-        images, labels = data.train_batch()
-        images = images.contiguous(memory_format=torch.channels_last)
-        with autocast(args, device):
-            logits = step_model(images)
-            loss = F.cross_entropy(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        error = (logits.argmax(1) != labels).float().mean()
-        window.append(torch.stack([loss.detach(), error]))
+        stats = train_step(*data.train_batch())
+        window.append(stats)
         done = iteration + 1
 
         # log: the mean loss and error since the last log line
