@@ -557,6 +557,8 @@ def test_kill_and_resume_ends_with_the_same_weights_bitwise(run_jax, synthetic, 
                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     killed_at = kill_at_checkpoint(process, lambda: checkpoint(run)["iteration"], 10, timeout=300)
     assert killed_at < 60, "the run ended before it could be killed"
+    with open(run / "metrics.jsonl", "a") as f:  # as if killed in the middle of a line
+        f.write('{"iteration": 2')
     resumed = run_jax(synthetic, "--out", str(run), "--resume", *common)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from {run / 'checkpoint.pkl'} at iteration {killed_at}" in resumed.stdout

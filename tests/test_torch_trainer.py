@@ -377,6 +377,8 @@ def test_kill_and_resume_ends_with_the_same_weights(fashion, tmp_path):
         process, lambda: torch.load(run / "checkpoint.pt")["iteration"], 10, timeout=300
     )
     assert killed_at < 30, "the run ended before it could be killed"
+    with open(run / "metrics.jsonl", "a") as f:  # as if killed in the middle of a line
+        f.write('{"iteration": 2')
     resumed = run_train(fashion, "--out", str(run), "--resume", *common)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from {run / 'checkpoint.pt'} at iteration {killed_at}" in resumed.stdout

@@ -287,15 +287,25 @@ def append_metrics(run: Path, record: dict) -> None:
 
 
 def keep_metrics_until(run: Path, iteration: int) -> None:
-    """On resume, drop what was logged after the checkpoint (it is logged again)."""
+    """On resume, drop what was logged after the checkpoint (it is logged again), and a last
+    line cut short when the run was stopped."""
     path = run / "metrics.jsonl"
     if path.exists():
-        lines = [
-            line
-            for line in path.read_text().splitlines()
-            if json.loads(line)["iteration"] <= iteration
-        ]
-        path.write_text("".join(line + "\n" for line in lines))
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["iteration"] <= iteration:
+                    kept.append(line + "\n")
+            except json.JSONDecodeError:
+                pass
+        write_atomically(path, "".join(kept))
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write to a temporary file, then rename: the file is never half written."""
+    partial = path.with_suffix(".tmp")
+    partial.write_text(text)
+    os.replace(partial, path)
 
 
 class Stopped(Exception):
@@ -479,7 +489,7 @@ def main(argv: list[str] | None = None) -> None:
             "images_per_s": clock["images"] / clock["train_s"] if clock["train_s"] else None,
             "results": results,
         }
-        (run / "final.json").write_text(json.dumps(final, indent=2) + "\n")
+        write_atomically(run / "final.json", json.dumps(final, indent=2) + "\n")
         error = final["test_top1_error"]
         print(f"test error {error:.2%} (accuracy {1 - error:.2%}) after {total} iterations")
 
