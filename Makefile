@@ -30,6 +30,7 @@ test: setup data
 demo: setup data
 	$(RESDSL) summary $(DEMO_SPEC)
 	$(RESDSL) compile $(DEMO_SPEC) --backend torch -o $(DEMO_PACKAGE)
+	rm -rf runs/demo  # the demo's own run directory: a fresh run each time
 	$(PY) $(DEMO_PACKAGE)/train.py --device cpu --iterations $(DEMO_ITERATIONS) --out runs/demo --checkpoint-every 200
 
 goldens: setup

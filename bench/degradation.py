@@ -5,15 +5,16 @@ residual net better.
     python bench/degradation.py                          # the full 64k-iteration recipe (a GPU)
     python bench/degradation.py --iterations 2000 --device cpu --eval-images 2000
 
-Compiles each spec, trains it with the generated train.py (runs in runs/degradation/NAME), and
-prints a markdown table: test accuracy, final training error (mean of the last logged tenth of
-the run), wall time and ms per iteration.
+Compiles each spec, trains it with the generated train.py (a fresh run in
+runs/degradation/NAME), and prints a markdown table: test accuracy, final training error (mean of
+the last logged tenth of the run), wall time and ms per iteration.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,7 @@ def main() -> None:
             cwd=ROOT, check=True,
         )  # fmt: skip
         run = args.out / name
+        shutil.rmtree(run, ignore_errors=True)  # the bench's own run directory: a fresh run
         command = [sys.executable, str(package / "train.py"), "--out", str(run), "--device",
                    args.device, "--no-progress"]  # fmt: skip
         if args.iterations:

@@ -568,6 +568,19 @@ def test_kill_and_resume_ends_with_the_same_weights_bitwise(run_jax, synthetic, 
     assert logged(tmp_path / "a") == logged(run)
 
 
+def test_a_new_run_never_overwrites_an_earlier_one(run_jax, synthetic, tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "checkpoint.pkl").write_bytes(b"an earlier run's")
+    (run / "final.json").write_text("{}")
+    result = run_jax(synthetic, "--out", str(run), "--iterations", "2")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "holds an earlier run (checkpoint.pkl, final.json); go on with it (--resume)" in (
+        result.stderr
+    )
+    assert (run / "checkpoint.pkl").read_bytes() == b"an earlier run's"
+
+
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(run_jax, tmp_path):
     package = compile_jax(write_spec(tmp_path, SYNTHETIC % "1e12"), tmp_path / "pkg")
     run = tmp_path / "run"

@@ -275,6 +275,24 @@ def test_a_batch_is_chosen_on_the_host_and_built_from_device_tensors(cifar, tmp_
         assert torch.equal(images, expected_images) and torch.equal(labels, expected_labels)
 
 
+def test_a_new_run_never_overwrites_an_earlier_one(fashion, tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"iteration": 5, "lr": 0.1}\n{"iteration": 1')
+    result = run_train(fashion, "--out", str(run), "--iterations", "2", "--batch-size", "8",
+                       "--eval-images", "10")  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"error: {run} holds an earlier run (metrics.jsonl); go on with it (--resume)" in (
+        result.stderr
+    )
+    assert (run / "metrics.jsonl").read_text() == '{"iteration": 5, "lr": 0.1}\n{"iteration": 1'
+    # --resume without a checkpoint: stopped before its first one, the run starts again
+    result = run_train(fashion, "--out", str(run), "--iterations", "2", "--batch-size", "8",
+                       "--eval-images", "10", "--log-every", "1", "--resume")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert [r["iteration"] for r in logged(run)] == [1, 2, 2]  # two log lines, one evaluation
+
+
 def test_cuda_graph_needs_a_cuda_device(fashion, tmp_path):
     result = run_train(fashion, "--device", "cpu", "--cuda-graph", "--out", str(tmp_path / "r"))
     assert result.returncode == 1 and "Traceback" not in result.stderr

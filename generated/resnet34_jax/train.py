@@ -409,6 +409,12 @@ def main(argv: list[str] | None = None) -> None:
     lead = jax.process_index() == 0  # logs and writes checkpoints
     show_progress = (sys.stderr.isatty() if args.progress is None else args.progress) and lead
     run = Path(args.out)
+    earlier = [n for n in ("checkpoint.pkl", "metrics.jsonl", "final.json") if (run / n).exists()]
+    if earlier and not (args.resume or args.eval_only):  # never overwrite another run
+        sys.exit(
+            f"error: {run} holds an earlier run ({', '.join(earlier)}); go on with it (--resume) "
+            "or train into another directory (--out)"
+        )
     if lead:
         run.mkdir(parents=True, exist_ok=True)
 
@@ -458,6 +464,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         variables = jit(init_variables, args, static_argnums=0)(args.seed)
         opt_state = optimizer.init(variables["params"])
+        if args.resume and lead:
+            keep_metrics_until(run, 0)  # stopped before its first checkpoint: it starts again
     state = replicate({**variables, "opt_state": opt_state}, mesh)
 
     def checkpoint(state: dict, iteration: int) -> None:

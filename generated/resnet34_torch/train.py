@@ -299,6 +299,12 @@ def main(argv: list[str] | None = None) -> None:
     args.compile = cuda if args.compile is None else args.compile
     show_progress = (sys.stderr.isatty() if args.progress is None else args.progress) and rank == 0
     run = Path(args.out)
+    earlier = [n for n in ("checkpoint.pt", "metrics.jsonl", "final.json") if (run / n).exists()]
+    if earlier and not (args.resume or args.eval_only):  # never overwrite another run
+        sys.exit(
+            f"error: {run} holds an earlier run ({', '.join(earlier)}); go on with it (--resume) "
+            "or train into another directory (--out)"
+        )
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
@@ -352,6 +358,8 @@ def main(argv: list[str] | None = None) -> None:
         if rank == 0:
             keep_metrics_until(run, start)
             print(f"resumed from {checkpoint_path} at iteration {start}")
+    elif args.resume and rank == 0:
+        keep_metrics_until(run, 0)  # stopped before its first checkpoint: it starts again
 
     step_model = (
         DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
