@@ -249,7 +249,8 @@ class GraphedStep:
 
     The host draws each batch's random choices as an eager step does and copies them into the
     graph's input buffers. The learning rate is a constant of the graph, so each new rate gets a
-    few eager steps (on a side stream, as capture requires) and then a graph of its own.
+    few eager steps and then a graph of its own; both run on one side stream, so that the
+    libraries' per-stream handles and workspaces exist before capture.
     """
 
     EAGER_STEPS = 3
@@ -284,7 +285,7 @@ class GraphedStep:
         self.inputs = {name: value.to(self.device) for name, value in draws.items()}
         self.graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(self.graph):
+            with torch.cuda.graph(self.graph, stream=self.side):  # the warm-up steps' stream
                 self.stats = self.step(self.inputs)
         except RuntimeError as error:
             raise SystemExit(
