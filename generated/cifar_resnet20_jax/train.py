@@ -11,10 +11,10 @@ Schedule: lr x 0.1 at 32000, 48000 iterations.
 Evaluation: single view.
 
 Run it (paths are relative to where you run it; `python train.py --help` lists every flag):
-    # the spec's schedule; a shorter one, its milestones scaled; going on after any stop
+    # the spec's schedule; going on after any stop; a shorter one, its milestones scaled
     python generated/cifar_resnet20_jax/train.py --out runs/resnet20
-    python generated/cifar_resnet20_jax/train.py --out runs/resnet20 --iterations 2000
     python generated/cifar_resnet20_jax/train.py --out runs/resnet20 --resume
+    python generated/cifar_resnet20_jax/train.py --out runs/resnet20_2k --iterations 2000
     # two hosts: on each, I its number (0, 1) and HOST0 the first one; evaluating a checkpoint
     python generated/cifar_resnet20_jax/train.py --out runs/resnet20 \
         --coordinator HOST0:1234 --num-processes 2 --process-id I

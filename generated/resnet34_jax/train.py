@@ -11,10 +11,10 @@ Schedule: lr x 0.1 when the validation error has not improved by 0.001 for 5 val
 Evaluation: ten crop, multiscale.
 
 Run it (paths are relative to where you run it; `python train.py --help` lists every flag):
-    # the spec's schedule; a shorter one, its milestones scaled; going on after any stop
+    # the spec's schedule; going on after any stop; a shorter one, its milestones scaled
     python generated/resnet34_jax/train.py --out runs/resnet34
-    python generated/resnet34_jax/train.py --out runs/resnet34 --iterations 2000
     python generated/resnet34_jax/train.py --out runs/resnet34 --resume
+    python generated/resnet34_jax/train.py --out runs/resnet34_2k --iterations 2000
     # two hosts: on each, I its number (0, 1) and HOST0 the first one; evaluating a checkpoint
     python generated/resnet34_jax/train.py --out runs/resnet34 \
         --coordinator HOST0:1234 --num-processes 2 --process-id I
