@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax
 import numpy as np
+from rounds import alternate, print_rates
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -148,24 +148,12 @@ def main() -> None:
     runs = {JAX_NAME: run_jax}
     if args.torch:
         runs[TORCH_NAME] = torch_step(batch, cuda=gpu)
-    for run in runs.values():  # warm-up: autotuning, allocators, first-call overheads
-        run(2 if gpu else 1)
-    seconds = {name: [] for name in runs}
-    for round_ in range(args.rounds):
-        order = list(runs) if round_ % 2 == 0 else list(reversed(runs))  # ABBA...
-        for name in order:
-            seconds[name].append(runs[name](steps))
+    seconds = alternate(runs, args.rounds, steps, warmup=2 if gpu else 1)
 
     devices = f"{len(jax.devices())} x {jax.devices()[0].device_kind}"
     setting = f"{devices}, batch {batch}, {'bf16' if gpu else 'float32'}, {args.rounds} rounds x {steps} steps"
     print(f"ResNet-50 training step ({setting}; jax {jax.__version__})")
-    print("| backend | median img/s | best img/s |")
-    print("|---|---|---|")
-    rate = {}
-    for name, samples in seconds.items():
-        per_step = [s / steps for s in samples]
-        rate[name] = batch / statistics.median(per_step)
-        print(f"| {name} | {rate[name]:,.1f} | {batch / min(per_step):,.1f} |")
+    rate = print_rates(seconds, batch, steps, "backend")
     print(f"JAX step compile time: {compile_s:.1f} s")
     if args.torch:
         print(f"ratio JAX / PyTorch (median): {rate[JAX_NAME] / rate[TORCH_NAME]:.3f}")

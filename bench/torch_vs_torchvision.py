@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import statistics
 import sys
 import tempfile
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import torch
 import torchvision
+from rounds import alternate, print_rates
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -92,24 +92,16 @@ def main() -> None:
     images = torch.randn(batch, 3, 224, 224, device=device).to(memory_format=torch.channels_last)
     labels = torch.randint(0, 1000, (batch,), device=device)
 
-    for name in models:  # warm-up: cudnn autotuning, allocator, first-call overheads
-        timed(steps_by_name[name], images, labels, 2 if cuda else 1, device)
-    seconds = {name: [] for name in models}
-    for round_ in range(args.rounds):
-        order = list(models) if round_ % 2 == 0 else list(reversed(models))  # ABBA...
-        for name in order:
-            seconds[name].append(timed(steps_by_name[name], images, labels, steps, device))
+    runs = {
+        name: (lambda n, step=step: timed(step, images, labels, n, device))
+        for name, step in steps_by_name.items()
+    }
+    seconds = alternate(runs, args.rounds, steps, warmup=2 if cuda else 1)
 
     setting = f"{device.type}, batch {batch}, {'bf16 autocast' if cuda else 'float32'}, " \
               f"channels_last, {args.rounds} rounds x {steps} steps"  # fmt: skip
     print(f"ResNet-50 training step ({setting}; torch {torch.__version__})")
-    print("| model | median img/s | best img/s |")
-    print("|---|---|---|")
-    rate = {}
-    for name, samples in seconds.items():
-        per_step = [s / steps for s in samples]
-        rate[name] = batch / statistics.median(per_step)
-        print(f"| {name} | {rate[name]:,.1f} | {batch / min(per_step):,.1f} |")
+    rate = print_rates(seconds, batch, steps, "model")
     ratio = rate["generated (resdsl)"] / rate["torchvision.models.resnet50"]
     print(f"ratio generated / torchvision (median): {ratio:.3f}")
 
