@@ -20,12 +20,13 @@ GRAMMAR = Path(__file__).with_name("grammar.lark")
 
 NETWORK_STATEMENTS = (
     "input", "classes", "stem", "block", "shortcut", "stage", "init", "batchnorm", "head",
+    "drop_path",
 )  # fmt: skip
 TRAIN_STATEMENTS = (
     "data", "preprocess", "augment", "optimizer", "batch", "schedule", "warmup", "length",
     "eval", "val_split", "validate",
 )  # fmt: skip
-TOP_STATEMENTS = ("param", "network", "train")
+TOP_STATEMENTS = ("param", "network", "train", "block", "stem", "shortcut")
 
 # How the parser's terminals read in a message.
 _TERMINAL_WORDS = {
@@ -38,6 +39,7 @@ _TERMINAL_WORDS = {
     "RANGE": "a range such as 256..480",
     "_NL": "the end of the line",
     "_COMMA": "`,`",
+    "COMPARE": "a comparison (==, !=, <, >, <=, >=)",
     "$END": "the end of the file",
 }
 
@@ -82,7 +84,7 @@ def _describe_expected(expected: set[str]) -> str:
         expected -= {"INT", "FLOAT"}
         expected.add("a number")
     if len(expected) > 1:  # more arithmetic is rarely what was meant
-        expected -= {"PLUS", "MINUS", "STAR"}
+        expected -= {"PLUS", "MINUS", "STAR", "SLASH", "__ANON_0", "IF", "COMPARE"}
     words = sorted({t if " " in t else describe_terminal(t) for t in expected})
     if len(words) > 8:
         return "a statement"
@@ -156,7 +158,7 @@ def _message_for_token(
             None,
         )
     if statements and token.type == "NAME":
-        if set(statements) & set(TOP_STATEMENTS) and not set(statements) & set(NETWORK_STATEMENTS):
+        if "network" in statements:
             where = "at the top level"
         elif set(statements) & set(NETWORK_STATEMENTS):
             where = "in a network"
@@ -235,8 +237,8 @@ class _Recovery:
         hint = None
         if char == "'":
             hint = 'paths are written in double quotes: "path/to/file"'
-        elif char in "/.":
-            hint = "only +, - and * are allowed in numbers and widths"
+        elif char in ".%^":
+            hint = "only +, -, *, / and // are allowed in numbers and widths"
         self.report.error(f"unexpected character `{char}`", span, hint)
 
     def _record_token(self, error: UnexpectedToken) -> None:
@@ -255,9 +257,13 @@ class _Recovery:
             statements = set(NETWORK_STATEMENTS + TRAIN_STATEMENTS + TOP_STATEMENTS)
             self.starters = {t for t, text in keywords.items() if text in statements}
             self.starters.add("RBRACE")
-        while len(state.state_stack) > 1 and not (self.starters & set(table[state.position])):
+        while len(state.state_stack) > 1 and not self._at_boundary(set(table[state.position])):
             state.state_stack.pop()
             state.value_stack.pop()
+
+    def _at_boundary(self, acceptable: set[str]) -> bool:
+        """A statement can start here: a keyword of one, or (in a definition) a layer's name."""
+        return bool(self.starters & acceptable) or {"NAME", "RBRACE"} <= acceptable
 
 
 def _span(path: str, meta) -> Span:
@@ -309,10 +315,25 @@ class _ToSyntax(Transformer):
         return build
 
     add, sub, mul = _binop("+"), _binop("-"), _binop("*")
+    div, floordiv, or_, and_ = _binop("/"), _binop("//"), _binop("or"), _binop("and")
+
+    @v_args(meta=True)
+    def compare(self, meta, children):
+        left, op, right = children
+        return s.BinOp(str(op), left, right, _span(self.path, meta))
 
     @v_args(meta=True)
     def neg(self, meta, children):
         return s.Neg(children[0], _span(self.path, meta))
+
+    @v_args(meta=True)
+    def not_(self, meta, children):
+        return s.Not(children[0], _span(self.path, meta))
+
+    @v_args(meta=True)
+    def choose(self, meta, children):
+        then, condition, otherwise = children
+        return s.Choose(then, condition, otherwise, _span(self.path, meta))
 
     def _terminal(self, token: Token):
         span = _token_span(self.path, token)
@@ -390,6 +411,97 @@ class _ToSyntax(Transformer):
     val_split = _statement("val_split")
     validate = _statement("validate")
 
+    drop_path = _statement("drop_path")
+
+    # definitions ------------------------------------------------------------------------------
+    @v_args(meta=True)
+    def layer(self, meta, children):
+        tokens = [c for c in children if isinstance(c, Token)]
+        label = self._word(tokens[0]) if len(tokens) == 2 else None
+        kind = self._word(tokens[-1])
+        kernel = next((c for c in children if isinstance(c, s.Dims)), None)
+        rest = [c for c in children if not isinstance(c, Token | s.Dims | s.Option)]
+        options = tuple(c for c in children if isinstance(c, s.Option))
+        arg = rest[0] if rest else None
+        return s.Layer(label, kind, kernel, arg, options, self._stmt_span(meta, children))
+
+    @v_args(meta=True)
+    def group(self, meta, children):
+        label, body = children
+        return s.Group(self._word(label), tuple(body), _span(self.path, meta))
+
+    @v_args(meta=True)
+    def let(self, meta, children):
+        name, value = children
+        return s.Let(self._word(name), value, self._stmt_span(meta, children))
+
+    @v_args(meta=True)
+    def if_stmt(self, meta, children):
+        condition, then, *otherwise = children
+        return s.If(
+            condition, tuple(then), tuple(otherwise[0]) if otherwise else None,
+            _span(self.path, meta),
+        )  # fmt: skip
+
+    @v_args(meta=True)
+    def add_shortcut(self, meta, children):
+        return s.Add(self._keyword_span(meta, "add shortcut"))
+
+    @v_args(meta=True)
+    def branch(self, meta, children):
+        return s.Branch(self._keyword_span(meta, "branch"))
+
+    def _keyword_span(self, meta, text: str) -> Span:
+        return Span(self.path, meta.line, meta.column, meta.line, meta.column + len(text))
+
+    def _insert(where):
+        @v_args(meta=True)
+        def build(self, meta, children):
+            anchor, body = children
+            return s.Insert(where, self._word(anchor), tuple(body), _span(self.path, meta))
+
+        return build
+
+    after, before = _insert("after"), _insert("before")
+
+    @v_args(meta=True)
+    def check(self, meta, children):
+        condition, message = children
+        return s.Check(condition, message, self._stmt_span(meta, children))
+
+    @v_args(meta=True)
+    def remove(self, meta, children):
+        return s.Remove(self._word(children[0]), self._stmt_span(meta, children))
+
+    def def_body(self, children):
+        return list(children)
+
+    @v_args(meta=True)
+    def def_param(self, meta, children):
+        default = children[1] if len(children) > 1 else None
+        return s.DefParam(self._word(children[0]), default, self._stmt_span(meta, children))
+
+    def def_params(self, children):
+        return tuple(c for c in children if c is not None)
+
+    def def_extends(self, children):
+        return self._word(children[0])
+
+    def _definition(kind):
+        @v_args(meta=True)
+        def build(self, meta, children):
+            name, params, *rest = children
+            extends = next((c for c in rest if isinstance(c, s.Word)), None)
+            body = next(c for c in rest if isinstance(c, list))
+            span = self._header_span(meta, name)
+            return s.Definition(kind, self._word(name), params, extends, tuple(body), span)
+
+        return build
+
+    block_def, stem_def, shortcut_def = (
+        _definition("block"), _definition("stem"), _definition("shortcut")
+    )  # fmt: skip
+
     # declarations -------------------------------------------------------------------------------
     @v_args(meta=True)
     def param(self, meta, children):
@@ -436,6 +548,8 @@ class _ToSyntax(Transformer):
                 spec.networks.append(child)
             elif isinstance(child, s.TrainDecl):
                 spec.trains.append(child)
+            elif isinstance(child, s.Definition):
+                spec.definitions.append(child)
         return spec
 
 

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from .. import ir
 from .. import syntax as s
+from ..definitions import PRELUDE, Definitions, collect
 from ..diagnostics import Report, Span, did_you_mean, display_path
 from ..parse import parse_text
 from .network import NetworkReader
@@ -53,7 +54,7 @@ class Loader:
             self.report.error(f"cannot read {shown}: {error.strerror}", mentioned_at)
             text = None
         spec = None if text is None else parse_text(text, shown, self.report)
-        if spec is not None:
+        if spec is not None and key != PRELUDE.resolve():
             self._check_layout(spec)
         self.files[key] = spec
         return spec
@@ -273,17 +274,25 @@ class Loader:
         return recipe, statements
 
     # the whole spec ---------------------------------------------------------------------------
+    def definitions(self, files: list[s.SpecFile]) -> Definitions:
+        """The prelude's definitions and those of every file of the chain."""
+        prelude = self.read(PRELUDE)
+        return collect(([prelude] if prelude else []) + files, self.report)
+
     def load(self, path: Path, sets: list[str]) -> ir.Spec | None:
         files = self.chain(path)
         if not files:
             return None
         params = self.params(files, sets)
+        definitions = self.definitions(files)
         if self.report.failed:
             return None
         values = Values(params, self.report)
         decl = files[-1].networks[0]
         single, stages = self.network_statements(files)
-        network = NetworkReader(values, self.report).read(decl.name, single, stages, decl.span)
+        network = NetworkReader(values, self.report, definitions).read(
+            decl.name, single, stages, decl.span
+        )
         train = None
         train_decl = next((f.trains[0] for f in reversed(files) if f.trains), None)
         if train_decl is not None:
@@ -301,6 +310,7 @@ class Loader:
                 train=train,
                 params=params,
                 files=tuple(f.path for f in files),
+                definitions=definitions,
             )
         except ValidationError as error:  # pragma: no cover - readers check first
             self.report.error(f"invalid spec: {error.errors()[0]['msg']}", decl.span)
