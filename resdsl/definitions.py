@@ -46,19 +46,22 @@ class Definitions:
         return names + ["none"] if kind == "shortcut" else names
 
     def unknown_hint(self, kind: str, name: str) -> str:
-        """For `block botleneck`: a close name, or how to define a new one."""
+        """For `block botleneck`: a close name, and how to define a new one."""
         names = self.names(kind)
         close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
         same = [n for n in names if n.lower() == name.lower()]
-        if same:
-            return f"did you mean `{same[0]}`? ({kind}s: {', '.join(names)})"
-        if close:
-            return did_you_mean(name, names, f"{kind}s")
-        head = "(outplanes, stride)" if kind == "shortcut" else "(planes, stride = 1)"
-        return (
-            f"{kind}s: {', '.join(names)}; to make a new one, define it: "
-            f'`{kind} {name}{head} {{ ... }}` (docs/language.md, "Defining blocks")'
+        head = "(outplanes, stride)" if kind == "shortcut" else (
+            "(planes, stride = 1)" if kind == "block" else "(width = 64)"
+        )  # fmt: skip
+        define = (
+            f"define a new one with `{kind} {name}{head} {{ ... }}` (docs/language.md, "
+            '"Defining blocks")'
         )
+        if same or close:
+            return (
+                f"did you mean `{(same or close)[0]}`? ({kind}s: {', '.join(names)}); or " + define
+            )
+        return f"{kind}s: {', '.join(names)}; or " + define
 
     def layer_hint(self, name: str) -> str:
         names = sorted(KINDS) + sorted(self.blocks)

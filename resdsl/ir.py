@@ -57,7 +57,8 @@ def _hashable(value: Any) -> Any:
 
 class Call(Node):
     """A block or stem chosen by name (defined in the prelude or a spec), with the options
-    written after it: `block bottleneck, groups 32` is Call(name="bottleneck", args={"groups": 32}).
+    written after it: `block bottleneck, groups 32` has the name `bottleneck` and the arguments
+    {groups: 32}.
     Values are numbers, words (`inverted`) or kernel sizes (`(3, 3)`)."""
 
     name: str

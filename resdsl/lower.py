@@ -228,8 +228,8 @@ class Lowering:
         and the options written after `block`."""
         args = dict(stage.block.args)
         args["planes"] = stage.width
-        if stage.stride != 1 or i == 0:
-            args["stride"] = stage.stride if i == 0 else 1
+        if stage.stride != 1 and i == 0:
+            args["stride"] = stage.stride
         if stage.dilation != 1 or dilation != 1:
             args["dilation"] = dilation if i == 0 else stage.dilation
         if self.network.drop_path:
@@ -281,6 +281,15 @@ class Lowering:
                      shortcut)  # fmt: skip
 
     def _environment(self, definition: FlatDef, args: dict, shape: Shape, span: Span):
+        unknown = sorted(set(args) - set(definition.param_names()))
+        if unknown:
+            self.report.error(
+                f"{definition.kind} `{definition.name}` has no parameter `{unknown[0]}`, which "
+                "the network sets",
+                span,
+                f"add `{unknown[0]} = ...` to its parameters, or change the network",
+            )
+            return None
         env: dict[str, object] = {"inplanes": shape[0], "preact": self.preact}
         for param in definition.params:
             if param.name.text in args:

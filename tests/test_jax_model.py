@@ -85,6 +85,45 @@ network preact_d {
     stage: 1 x 24, stride 3
 }
 """,
+    # definitions in the spec: a stem with GELU and SiLU, a 3x3 projection shortcut, an SE block,
+    # a dilated stage, dropout and stochastic depth (off, or scaled, in evaluation)
+    "defined": """
+stem two_convs(width = 16) {
+    conv1: conv 3x3 width // 2, stride 2
+    bn1:   batchnorm
+           gelu
+    conv2: conv 3x3 width
+    bn2:   batchnorm
+           silu
+    pool:  avg_pool 3x3, stride 2, padding 1
+}
+
+shortcut wide(outplanes, stride) {
+    if stride != 1 or inplanes != outplanes {
+        conv 3x3 outplanes, stride stride
+        batchnorm
+    }
+}
+
+block se_basic(planes, stride = 1, reduction = 4) extends basic {
+    after bn2 {
+        se: squeeze_excite, reduction reduction
+    }
+}
+
+network defined {
+    input     3x35x33
+    classes   6
+    stem      two_convs
+    block     se_basic, dropout 0.2, drop_mode survival
+    shortcut  wide
+    drop_path 0.3
+    stage: 2 x 16
+    stage: 2 x 32, stride 2
+    stage: 2 x 64, dilation 2
+    stage: 1 x 64, block bottleneck, expansion 1, shortcut B
+}
+""",
     # small enough to initialise for real
     "tiny_init": """
 network tiny_init {
@@ -242,9 +281,23 @@ def test_every_spec_counts_and_matches_torch(compiled, spec_path):
     check_network(compiled, spec_path, size=TEST_SIZE)
 
 
-@pytest.mark.parametrize("name", ["mixed_post", "mixed_pre", "preact_d"])
+@pytest.mark.parametrize("name", ["mixed_post", "mixed_pre", "preact_d", "defined"])
 def test_constructs_beyond_the_spec_library_match_torch(compiled, name):
     check_network(compiled, name)
+
+
+def test_drop_path_matches_torch_in_both_modes(compiled):
+    package, torch_module, _ = compiled("defined")
+    for survival in (False, True):
+        ones = jnp.ones((4000, 1, 1, 1))
+        layer = package.model.DropPath(0.25, survival=survival, deterministic=False)
+        out = np.asarray(layer.apply({}, ones, rngs={"dropout": jax.random.key(0)})).ravel()
+        kept = 1.0 if survival else 1 / 0.75
+        assert np.all((out == 0) | np.isclose(out, kept))
+        assert 800 < int((out == 0).sum()) < 1200
+        evaluated = package.model.DropPath(0.25, survival=survival).apply({}, ones)
+        reference = torch_module.DropPath(0.25, survival=survival).eval()(torch.ones(4, 1, 1, 1))
+        assert float(evaluated[0, 0, 0, 0]) == float(reference[0, 0, 0, 0])
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnext50_32x4d"])

@@ -224,7 +224,9 @@ class JaxEmitter:
             default = next(p.default for p in cls.definition.params if p.name.text == name)
             if default is not None:
                 annotation = _annotation(cls.instances[0].args[name])
-                fields.append(f"{name}: {annotation} = {literal(Folder({}, {}).fold(default))}")
+                value = Folder({}, {}).fold(default)
+                value = float(value) if annotation == "float" else value
+                fields.append(f"{name}: {annotation} = {literal(value)}")
         if cls.residual and len(self.kinds) > 1:
             fields.append(f'shortcut: str = "{self.kinds[0]}"')
         if train:
@@ -530,7 +532,7 @@ def _resnet(emitter: JaxEmitter, net, spec) -> str:
     if net.drop_path:
         lines += ["", f"        # stochastic depth: block l of {total} is dropped with probability "
                   f"{net.drop_path:g} * l / {total}",
-                  f"        rates = [{net.drop_path!r} * l / {total} for l in range(1, {total + 1})]"]  # fmt: skip
+                  f"        rates = [{net.drop_path!r} * i / {total} for i in range(1, {total + 1})]"]  # fmt: skip
     first = 0
     dilation = 1
     for number, stage in enumerate(lowered.stages, start=1):

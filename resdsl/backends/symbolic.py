@@ -210,16 +210,23 @@ def block_classes(lowered: Lowered) -> list[BlockClass]:
 
     for block in lowered.blocks():
         visit(block)
+    net = lowered.network
+    forced = set(STAGE_ARGS)
+    if any(stage.dilation != 1 for stage in net.stages):
+        forced.add("dilation")
+    if net.drop_path:
+        forced.add("drop_path")
     for cls in classes.values():
-        _classify(cls)
+        _classify(cls, forced)
     return [classes[key] for key in order]
 
 
-def _classify(cls: BlockClass) -> None:
+def _classify(cls: BlockClass, stage_args: set[str]) -> None:
+    """Constants and constructor arguments; `stage_args` are given by the stages to every block."""
     names = cls.definition.param_names()
     for name in names:
         values = {_key(block.args[name]) for block in cls.instances}
-        forced = cls.stage_block and name in STAGE_ARGS
+        forced = cls.stage_block and name in stage_args
         if len(values) > 1 or forced:
             cls.variables.append(name)
         else:

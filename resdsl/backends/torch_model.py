@@ -287,6 +287,7 @@ class TorchEmitter:
                 args.append(f"{name}: {annotation}")
             else:
                 value = Folder({}, {}).fold(default)
+                value = float(value) if annotation == "float" else value
                 args.append(f"{name}: {annotation} = {literal(value)}")
             if name == "stride" and cls.residual:
                 args.append("downsample: nn.Module | None = None")
@@ -686,7 +687,7 @@ def _resnet(emitter: TorchEmitter, net) -> str:
         total = sum(st.blocks for st in net.stages)
         init.append(f"    # stochastic depth: block l of {total} is dropped with probability "
                     f"{net.drop_path:g} * l / {total}")  # fmt: skip
-        init.append(f"    rates = [{net.drop_path!r} * l / {total} for l in range(1, {total + 1})]")
+        init.append(f"    rates = [{net.drop_path!r} * i / {total} for i in range(1, {total + 1})]")
     first = 0
     for stage in lowered.stages:
         st = stage.ir

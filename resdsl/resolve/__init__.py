@@ -295,9 +295,10 @@ class Loader:
         )
         train = None
         train_decl = next((f.trains[0] for f in reversed(files) if f.trains), None)
-        if train_decl is not None:
+        if train_decl is not None:  # read even when the network has problems: report them all
+            before = len(self.report.diagnostics)
             recipe, statements = self.train_statements(train_decl)
-            if not self.report.failed:
+            if len(self.report.diagnostics) == before:
                 train = TrainReader(values, self.report).read(
                     recipe, statements, train_decl.span, network
                 )
