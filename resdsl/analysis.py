@@ -11,9 +11,11 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from . import ir
+from .classes import class_problems
 from .diagnostics import Report
 from .layers import KINDS
-from .lower import MAX_PARAMS, Lowered, lower
+from .limits import MAX_PARAMS
+from .lower import Lowered, lower
 
 
 class Cost(NamedTuple):
@@ -105,6 +107,8 @@ def analyse(spec: ir.Spec, report: Report) -> Analysis | None:
             total += cost(block.layers())
         stages.append(Part(stage.ir.name, len(stage.blocks), stage.out, total.params, total.macs))
     head = cost(lowered.head)
+    for problem in class_problems(lowered):
+        report.error(problem, network.span, 'see docs/language.md, "Defining blocks"')
     analysis = Analysis(
         network, depth, stem_part, tuple(stages),
         Part("head", 0, (network.classes,), head.params, head.macs), lowered,

@@ -10,6 +10,7 @@ from pathlib import Path
 from . import syntax as s
 from .diagnostics import Report, Span, did_you_mean
 from .layers import KINDS
+from .limits import bounded
 
 PRELUDE = Path(__file__).with_name("prelude.res")
 
@@ -296,15 +297,14 @@ def evaluate(expr, env: dict, report: Report) -> Value | None:
     if op in ("/", "//") and right == 0:
         report.error("division by zero", expr.right.span)
         return None
-    if op == "+":
-        return left + right
-    if op == "-":
-        return left - right
-    if op == "*":
-        return left * right
-    if op == "/":
-        return left / right
-    return left // right
+    result = {
+        "+": lambda: left + right,
+        "-": lambda: left - right,
+        "*": lambda: left * right,
+        "/": lambda: left / right,
+        "//": lambda: left // right,
+    }[op]()
+    return bounded(result, expr.span, report)
 
 
 def _number(expr, env: dict, report: Report) -> int | float | None:

@@ -2,8 +2,9 @@
 
 A kind of layer is a `Kind`: which arguments it takes (a kernel size `KxK`, one positional value,
 `, name value` options), how it changes a (channels, height, width) shape, and how many
-parameters and multiply-adds it costs. The two emitters (`backends/torch_emit.py`,
-`backends/jax_emit.py`) print each kind; docs/adding-a-layer.md tells how to add one.
+parameters and multiply-adds it costs. The two emitters (`backends/torch_model.py`,
+`backends/jax_model.py`) print each kind; docs/adding-a-layer.md tells how to add one. (A fully
+connected layer inside a block is a 1x1 convolution with `bias`; the head's fc is the network's.)
 
 Counts follow torchvision: parameters are trainable tensors (BN running statistics are buffers);
 multiply-adds count convolutions (bias adds are not counted) and the fc layer.
@@ -27,7 +28,8 @@ class LayerError(Exception):
 
 @dataclass(frozen=True)
 class Option:
-    """An argument: `kind` is whole | number | probability | flag | word; `default` None: required."""
+    """An argument: `kind` is whole (>= 1) | count (>= 0) | probability | flag | word;
+    `default` None: required (or, for stride and padding, derived from the kernel)."""
 
     kind: str
     default: object = None
@@ -198,16 +200,6 @@ KINDS: dict[str, Kind] = {
         positional="p",
         options={"p": PROBABILITY, "mode": Option("word", "inverted", ("inverted", "survival"))},
         vanishes_at_zero="p",
-    ),
-    "linear": Kind(
-        "linear",
-        "fully connected: `linear CHANNELS` on a 1x1 map (the head's fc); with a bias",
-        positional="channels",
-        options={"channels": Option("whole")},
-        shape=lambda a, s: (a["channels"], 1, 1),
-        params=lambda a, i, o: i[0] * o[0] + o[0],
-        macs=lambda a, i, o: i[0] * o[0],
-        weighted=True,
     ),
     "multiply": Kind(
         "multiply",

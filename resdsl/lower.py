@@ -16,9 +16,7 @@ from . import syntax as s
 from .definitions import Definitions, FlatDef, Sym, evaluate, preact_block
 from .diagnostics import Report, Span
 from .layers import KINDS, LayerError, Shape, complete
-
-MAX_LAYERS = 100_000
-MAX_PARAMS = 10_000_000_000
+from .limits import MAX_LAYERS
 
 
 @dataclass(frozen=True, eq=False)
@@ -335,6 +333,7 @@ class _Walker:
         self.shortcut_name, self.numbered = shortcut, numbered
         self.failed = False
         self.args = {p.name.text: env[p.name.text] for p in definition.params}
+        self.names: set[str] = set()
 
     def error(self, message: str, hint: str | None = None, at: s.Layer | None = None) -> None:
         """Reported at the statement that chose this definition (a stage, the stem), naming
@@ -370,6 +369,8 @@ class _Walker:
             else:
                 for inner in st.then if condition else (st.otherwise or ()):
                     self.statement(inner, items)
+        elif isinstance(st, s.Layer | s.Group) and st.label is not None and not self._unique(st):
+            return
         elif isinstance(st, s.Layer):
             item = self.layer(st, None if self.numbered else st.label)
             if item is not None:
@@ -394,6 +395,20 @@ class _Walker:
                 items.append(Branch())
         elif isinstance(st, s.Add):
             self.add(items)
+
+    def _unique(self, st) -> bool:
+        """A name is used once in a block: it is an attribute and a state_dict key."""
+        if st.label.text in self.names or st.label.text in ("downsample", "expansion"):
+            self.error(
+                f"two layers are named `{st.label.text}`"
+                if st.label.text in self.names
+                else f"`{st.label.text}` is a name the block keeps for itself",
+                "give each layer its own name",
+                at=st if isinstance(st, s.Layer) else None,
+            )
+            return False
+        self.names.add(st.label.text)
+        return True
 
     def add(self, items: list) -> None:
         name = self.shortcut_name

@@ -8,15 +8,18 @@ broken line.
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 
 from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from . import syntax as s
-from .diagnostics import Report, Span, did_you_mean, remember_source
+from .diagnostics import MAX_SHOWN, Report, Span, did_you_mean, remember_source
+from .limits import MAX_MAGNITUDE, MAX_NUMBER_DIGITS, MAX_OPERATORS
 
 GRAMMAR = Path(__file__).with_name("grammar.lark")
+
 
 NETWORK_STATEMENTS = (
     "input", "classes", "stem", "block", "shortcut", "stage", "init", "batchnorm", "head",
@@ -183,19 +186,24 @@ def _message_for_token(
 
 
 def _after_trailing_comma(text: str, token: Token) -> bool:
-    """Does a comma end the line before this token (so the statement ran on into it)?"""
+    """Does a comma end the line before this token (so the statement ran on into it)?
+
+    Looks back from the token over blank and comment lines only, so that a file of many broken
+    lines costs linear time."""
     position = token.start_pos
     if position is None:
         return False
-    before = text[:position].rstrip()
-    lines = before.splitlines()
-    while lines and lines[-1].strip().startswith("#"):
-        lines.pop()
-    return (
-        bool(lines)
-        and lines[-1].split("#")[0].rstrip().endswith(",")
-        and "\n" in text[len("\n".join(lines)) : position]
-    )
+    line_start = text.rfind("\n", 0, position) + 1
+    if text[line_start:position].strip():
+        return False  # the token is not the first of its line
+    end = line_start - 1
+    while end > 0:
+        start = text.rfind("\n", 0, end) + 1
+        line = text[start:end].split("#")[0].rstrip()
+        if line.strip():
+            return line.endswith(",")
+        end = start - 1
+    return False
 
 
 class _Recovery:
@@ -246,6 +254,9 @@ class _Recovery:
         if error.token.type != "$END" and line in self.error_lines:
             return
         self.error_lines.add(line)
+        if len(self.error_lines) > MAX_SHOWN:  # past the page that is printed: counted, cheaply
+            self.report.error("a syntax error", _token_span(self.path, error.token))
+            return
         self.report.error(*_message_for_token(self.path, error, self.text))
 
     def _unwind(self, interactive) -> None:
@@ -279,9 +290,9 @@ def _end_of(node) -> tuple[int, int]:
 class _ToSyntax(Transformer):
     """Lark tree -> `syntax` nodes. Statement spans end at their last written token."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, report: Report):
         super().__init__()
-        self.path = path
+        self.path, self.report = path, report
 
     def _stmt_span(self, meta, children) -> Span:
         start = _span(self.path, meta)
@@ -299,8 +310,18 @@ class _ToSyntax(Transformer):
     def number(self, meta, children):
         (token,) = children
         text = str(token)
+        span = _span(self.path, meta)
+        if len(text) > MAX_NUMBER_DIGITS:
+            self.report.error(
+                f"a number of {len(text):,} digits is too long (at most {MAX_NUMBER_DIGITS})",
+                span,
+            )
+            return s.Num(0, span)
         value = int(text) if token.type == "INT" else float(text)
-        return s.Num(value, _span(self.path, meta))
+        if not math.isfinite(value) or abs(value) > MAX_MAGNITUDE:
+            self.report.error(f"{text} is too large (at most {MAX_MAGNITUDE:.0e})", span)
+            return s.Num(0, span)
+        return s.Num(value, span)
 
     @v_args(meta=True)
     def ref(self, meta, children):
@@ -337,6 +358,12 @@ class _ToSyntax(Transformer):
 
     def _terminal(self, token: Token):
         span = _token_span(self.path, token)
+        if token.type in {"SHAPE", "KSIZE", "RANGE"} and any(
+            len(part) > MAX_NUMBER_DIGITS for part in str(token).replace("..", "x").split("x")
+        ):
+            self.report.error(f"a size in `{str(token)[:40]}...` is too long", span)
+            token = Token(token.type, "1x1x1" if token.type == "SHAPE" else "1x1" if
+                          token.type == "KSIZE" else "1..1")  # fmt: skip
         if token.type in {"SHAPE", "KSIZE"}:
             return s.Dims(tuple(int(v) for v in str(token).split("x")), span)
         if token.type == "RANGE":
@@ -553,10 +580,29 @@ class _ToSyntax(Transformer):
         return spec
 
 
+def _too_complex(text: str, path: str, report: Report) -> bool:
+    """Refuse lines whose expressions nest deeper than the parser's tree can be walked."""
+    found = False
+    for number, line in enumerate(text.split("\n"), start=1):
+        code = line.split("#", 1)[0]
+        operators = sum(code.count(c) for c in "+-*/(")
+        if operators > MAX_OPERATORS:
+            report.error(
+                f"this line has {operators:,} operators; resdsl takes at most {MAX_OPERATORS} "
+                "in one statement",
+                Span(path, number, 1, number, 2),
+                "compute the value in steps: `param a = ...`, then `param b = a * ...`",
+            )
+            found = True
+    return found
+
+
 def parse_text(text: str, path: str, report: Report) -> s.SpecFile | None:
     """Parse one file's text; syntax errors go to `report` (and `None` comes back)."""
     remember_source(path, text)
     before = len(report.diagnostics)
+    if _too_complex(text, path, report):
+        return None
     recovery = _Recovery(path, text, report)
     try:
         tree = parser().parse(text + "\n", on_error=recovery)
@@ -567,4 +613,5 @@ def parse_text(text: str, path: str, report: Report) -> s.SpecFile | None:
         return None
     if len(report.diagnostics) > before or not isinstance(tree, Tree):
         return None
-    return _ToSyntax(path).transform(tree)
+    spec = _ToSyntax(path, report).transform(tree)
+    return None if len(report.diagnostics) > before else spec

@@ -6,9 +6,10 @@ BN conventions. Module names mirror the PyTorch package's (`layer2.0.downsample.
 from __future__ import annotations
 
 from .. import syntax as s
+from ..classes import BlockClass, Code, EmitError, Folder, block_classes, literal, show
 from ..layers import KINDS
 from ..lower import Lowered
-from .symbolic import BlockClass, Code, EmitError, Folder, block_classes, literal, show
+from ..quoting import code_text
 from .torch_model import _annotation, _kw, describe_shortcut, stem_description
 
 
@@ -99,7 +100,10 @@ class JaxWalker:
         elif isinstance(st, s.If):
             condition = self.folder.fold(st.condition)
             if isinstance(condition, Code):
-                raise EmitError(f"an `if` of a block depends on `{condition.text}`")
+                raise EmitError(
+                    f"an `if` of a block depends on `{condition.text}`, which differs between "
+                    "its blocks; write two blocks instead"
+                )
             for inner in st.then if condition else (st.otherwise or ()):
                 self.statement(inner)
         elif isinstance(st, s.Layer):
@@ -487,7 +491,7 @@ def uniform(bound: float) -> Callable[..., jax.Array]:
         helpers.append(text)
     input_nhwc = (net.input[1], net.input[2], net.input[0])
     tail = f'''def build_model() -> ResNet:
-    """The network of {spec.path}."""
+    """The network of {code_text(spec.path)}."""
     return ResNet()
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from .. import ir
 from ..analysis import Analysis
+from ..quoting import code_text
 
 
 def model_context(spec: ir.Spec, analysis: Analysis) -> dict:
     net = spec.network
     bn = net.batchnorm
     return {
-        "spec_path": spec.path,
+        "spec_path": code_text(spec.path),
         "net": net,
         "analysis": analysis,
         "custom_norm": (bn.momentum, bn.eps) != (0.1, 1e-5),

@@ -7,10 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .. import syntax as s
-from ..layers import KINDS
-from ..lower import Add, Block, Lowered
-from ..summary import giga
-from .symbolic import (
+from ..classes import (
     BlockClass,
     Code,
     EmitError,
@@ -21,6 +18,10 @@ from .symbolic import (
     shortcut_reads,
     show,
 )
+from ..layers import KINDS
+from ..lower import Add, Block, Lowered
+from ..quoting import code_text
+from ..summary import giga
 
 # Attribute names of layers no one named (parameter-free ones are shared, as torchvision's relu).
 DEFAULT_ATTRS = {"max_pool": "maxpool", "avg_pool": "avgpool", "global_avg_pool": "pool"}
@@ -518,7 +519,7 @@ def render_model(emitter: TorchEmitter, spec, analysis, header: str) -> str:
     imports.append("from torch import nn")
     build = (
         "def build_model() -> ResNet:\n"
-        f'    """The network of {spec.path}, initialised."""\n'
+        f'    """The network of {code_text(spec.path)}, initialised."""\n'
         "    return ResNet()\n"
     )
     parts = [header + _module_doc(emitter, spec, analysis), "\n".join(imports), *helpers, body,

@@ -344,7 +344,7 @@ class NetworkReader:
 _MISSING_HINTS = {
     "input": "add `input CxHxW`, e.g. `input 3x224x224`",
     "classes": "add `classes N`, e.g. `classes 1000`",
-    "stem": "add `stem imagenet`, `stem cifar` or `stem deep`",
+    "stem": "add `stem imagenet`, `stem cifar`, `stem deep` or `stem tiered`, or define one",
     "block": "add `block basic` or `block bottleneck` (or a preact_/plain_ form)",
 }
 

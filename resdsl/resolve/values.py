@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from .. import syntax as s
 from ..diagnostics import Report, Span, did_you_mean
+from ..limits import MAX_WHOLE, bounded
 
 Number = int | float
 
@@ -52,15 +53,14 @@ class Values:
         if expr.op in ("/", "//") and right == 0:
             self.report.error("division by zero", expr.right.span)
             return None
-        if expr.op == "+":
-            return left + right
-        if expr.op == "-":
-            return left - right
-        if expr.op == "/":
-            return left / right
-        if expr.op == "//":
-            return left // right
-        return left * right
+        result = {
+            "+": lambda: left + right,
+            "-": lambda: left - right,
+            "/": lambda: left / right,
+            "//": lambda: left // right,
+            "*": lambda: left * right,
+        }[expr.op]()
+        return bounded(result, expr.span, self.report)
 
     def number(
         self,
@@ -90,9 +90,15 @@ class Values:
         return float(number)
 
     def whole(
-        self, value: s.Value | None, what: str, *, span: Span, minimum: int = 1
+        self,
+        value: s.Value | None,
+        what: str,
+        *,
+        span: Span,
+        minimum: int = 1,
+        maximum: int = MAX_WHOLE,
     ) -> int | None:
-        """A whole number >= minimum (a float with an integral value is accepted)."""
+        """A whole number in [minimum, maximum] (a float with an integral value is accepted)."""
         if value is None or not isinstance(value, s.EXPRESSIONS):
             self.report.error(f"{what} needs a whole number", _span_of(value, span))
             return None
@@ -112,6 +118,9 @@ class Values:
                 f"got {number}",
                 value.span,
             )
+            return None
+        if number > maximum:
+            self.report.error(f"{what} must be at most {maximum:,}, got {number:,}", value.span)
             return None
         return number
 

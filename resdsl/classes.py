@@ -1,5 +1,5 @@
-"""What both model emitters share: the block classes a network needs, and a definition's values
-as Python expressions.
+"""The block classes a network needs, and a definition's values as Python expressions: what
+both model emitters share, and what `resdsl check` verifies so that every valid spec compiles.
 
 A block class is one definition as the network uses it. Its parameters that are the same in
 every block of the network are folded into the code as constants; those that differ (the
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .. import syntax as s
-from ..definitions import FlatDef, Sym
-from ..lower import Add, Block, Branch, Group, Layer, Lowered
+from . import syntax as s
+from .definitions import FlatDef, Sym
+from .lower import Add, Block, Branch, Group, Layer, Lowered
 
 # Given by the stage to each block (and so constructor arguments of every class that has them).
 STAGE_ARGS = ("planes", "stride")
@@ -100,6 +100,13 @@ class Folder:
     def _binop(self, op: str, left, right):
         if not isinstance(left, Code) and not isinstance(right, Code):
             return _compute(op, left, right)
+        if op in ("and", "or"):  # a known side may decide the condition
+            known = right if isinstance(left, Code) else left
+            other = left if isinstance(left, Code) else right
+            if isinstance(known, bool):
+                if known == (op == "or"):
+                    return known
+                return other
         if op in ("*",) and (left == 1 or right == 1):
             return right if left == 1 else left
         if op in ("+", "-") and right == 0 and not isinstance(right, bool):
@@ -273,4 +280,35 @@ def shortcut_reads(cls: BlockClass) -> str:
     return "branch" if kinds == {True} else "mixed"
 
 
-__all__ = ["Add", "Branch", "Group", "Layer"]
+def class_problems(lowered: Lowered) -> list[str]:
+    """Why the network's blocks cannot be printed as classes (none for a valid network)."""
+    try:
+        classes = block_classes(lowered)
+    except EmitError as error:
+        return [str(error)]
+    problems = []
+    for cls in classes:
+        folder = cls.folder()
+
+        def walk(body) -> None:
+            for st in body:
+                if isinstance(st, s.Let):
+                    value = folder.fold(st.value)
+                    if not isinstance(value, Code):
+                        folder.constants[st.name.text] = value
+                elif isinstance(st, s.If):
+                    condition = folder.fold(st.condition)
+                    if isinstance(condition, Code):
+                        problems.append(
+                            f"an `if` of block `{cls.definition.name}` depends on "
+                            f"`{condition.text}`, which differs between its blocks; write two "
+                            "blocks instead (or give the value per stage)"
+                        )
+                        continue
+                    walk(st.then if condition else (st.otherwise or ()))
+
+        walk(cls.definition.body)
+    return problems
+
+
+__all__ = ["Add", "Branch", "Group", "Layer", "class_problems"]
