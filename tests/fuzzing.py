@@ -68,13 +68,13 @@ def mutate(text: str, rng: random.Random) -> bytes:
         out = text + ",\n" * rng.choice([100, 10_000])
     elif choice == 8:  # a hostile extends target
         target = rng.choice(HOSTILE_EXTENDS)
-        if "extends" in text:
-            start = text.index('extends "') + len('extends "')
-            out = text[:start] + target + text[text.index('"', start) :]
+        start = text.find('extends "')
+        end = text.find('"', start + len('extends "')) if start >= 0 else -1
+        if end >= 0:
+            start += len('extends "')
+            out = text[:start] + target + text[end:]
         else:
-            out = text.replace("network ", f'network x extends "{target}" ', 1).replace(
-                "network x extends", "network x extends", 1
-            )
+            out = text.replace("network ", f'network x extends "{target}" ', 1)
     elif choice == 9:  # parameters that grow exponentially
         lines = ["param q0 = 2"] + [f"param q{i} = q{i - 1} * q{i - 1}" for i in range(1, 27)]
         out = "\n".join(lines) + "\n" + text.replace("classes  10", "classes q26")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from .. import ir
+from .. import ir, prelude_cache
 from .. import syntax as s
 from ..definitions import PRELUDE, Definitions, collect
 from ..diagnostics import Report, Span, did_you_mean, display_path, remember_source
@@ -44,7 +44,7 @@ class Loader:
         shown = display_path(path)
         text = self._text(path, shown, mentioned_at)
         spec = None if text is None else parse_text(text, shown, self.report)
-        if spec is not None and key != PRELUDE.resolve():
+        if spec is not None:
             self._check_layout(spec)
         self.files[key] = spec
         return spec
@@ -346,7 +346,7 @@ class Loader:
     # the whole spec ---------------------------------------------------------------------------
     def definitions(self, files: list[s.SpecFile]) -> Definitions:
         """The prelude's definitions and those of every file of the chain."""
-        prelude = self.read(PRELUDE)
+        prelude = prelude_cache.load(PRELUDE, str(PRELUDE), parse_text)
         return collect(([prelude] if prelude else []) + files, self.report)
 
     def load(self, path: Path, sets: list[str]) -> ir.Spec | None:
