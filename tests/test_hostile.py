@@ -5,6 +5,7 @@ mutated specs."""
 
 from __future__ import annotations
 
+import ast
 import os
 import stat
 import subprocess
@@ -64,6 +65,14 @@ def test_a_quote_in_the_spec_and_output_names_stays_text(tmp_path, capsys, monke
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert not list(tmp_path.rglob("PWNED")) and not (out / "PWNED").exists()
+    # the JAX package: every file is still Python and holds no injected line
+    jax_out = tmp_path / f"jax\n#{INJECTION}"
+    code, _, err = run_cli(["compile", str(spec), "--backend", "jax", "-o", str(jax_out)], capsys)
+    assert code == 0, err
+    for path in jax_out.glob("*.py"):
+        tree = ast.parse(path.read_text())  # still Python, and the name is only ever text:
+        names = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+        assert "__import__" not in names, path.name
 
 
 @pytest.mark.parametrize(
