@@ -2,17 +2,22 @@
 
 Writing never leaves a half-written package: files are rendered and formatted in memory, written
 to a temporary directory beside the target, and swapped in with renames. A directory that resdsl
-did not generate (or that holds files resdsl did not write, such as a training run) is not
-replaced without `--force`.
+did not generate (or that holds files resdsl did not write, such as a training run), and a package
+generated from another spec (or for another backend, or with other `--set` values: its header
+says), are not replaced without `--force`. The default directory is named after the spec's path:
+specs/fashion-mnist/resnet20.res -> generated/fashion_mnist_resnet20_torch.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 from . import __version__, ir
 from .analysis import Analysis
@@ -39,8 +44,54 @@ def command_line(spec: ir.Spec, backend: str, output: Path | None, sets: list[st
     return " ".join(words)
 
 
-def default_output(spec: ir.Spec, backend: str) -> Path:
-    return Path("generated") / f"{spec.network.name}_{backend}"
+def package_name(spec_path: str, sets: list[str] | tuple[str, ...] = ()) -> str:
+    """The package's name from the spec's path below `specs/` and the `--set` values:
+    specs/fashion-mnist/resnet20.res -> fashion_mnist_resnet20, with --set n=9 ->
+    fashion_mnist_resnet20_n9 (outside a `specs` directory: the file's name alone)."""
+    parts = Path(spec_path).with_suffix("").parts
+    if "specs" in parts[:-1]:
+        parts = parts[len(parts) - parts[::-1].index("specs") :]
+    else:
+        parts = parts[-1:]
+    name = "_".join([*parts, *(item.replace("=", "") for item in sets)])
+    return re.sub(r"\W+", "_", name).strip("_") or "package"
+
+
+def default_output(spec: ir.Spec, backend: str, sets: list[str] | tuple[str, ...] = ()) -> Path:
+    return Path("generated") / f"{package_name(spec.path, sets)}_{backend}"
+
+
+class Origin(NamedTuple):
+    """What a generated package was compiled from, as its header says."""
+
+    spec: str
+    backend: str
+    sets: tuple[str, ...]
+
+    def describe(self) -> str:
+        return " ".join([self.spec, "--backend", self.backend,
+                         *(f"--set {item}" for item in self.sets)])  # fmt: skip
+
+    def same_spec(self, other: Origin) -> bool:
+        if os.path.normpath(self.spec) == os.path.normpath(other.spec):
+            return True
+        mine, theirs = Path(self.spec), Path(other.spec)
+        return mine.exists() and theirs.exists() and mine.resolve() == theirs.resolve()
+
+
+def read_origin(directory: Path) -> Origin | None:
+    """The spec, backend and --set values in a generated package's header (None if unreadable)."""
+    try:
+        with open(directory / "__init__.py", encoding="utf-8") as f:
+            lines = [f.readline().rstrip("\n") for _ in range(3)]
+    except (OSError, UnicodeDecodeError):
+        return None
+    first = re.fullmatch(re.escape(MARKER) + r" \S+ from (.+)\.", lines[0])
+    words = lines[2].removeprefix("#").split()
+    if first is None or "--backend" not in words[:-1]:
+        return None
+    sets = tuple(words[i + 1] for i, w in enumerate(words[:-1]) if w == "--set")
+    return Origin(first.group(1), words[words.index("--backend") + 1], sets)
 
 
 def build_files(
@@ -57,7 +108,7 @@ def build_files(
             f"unknown backend `{backend}`", did_you_mean(backend, list(BACKENDS), "backends")
         )
     command = command_line(spec, backend, output, list(sets))
-    package = (output if output is not None else default_output(spec, backend)).as_posix()
+    package = (output if output is not None else default_output(spec, backend, sets)).as_posix()
     header = (
         f"{MARKER} {__version__} from {spec.path}.\n"
         f"# Edit the spec, not this file; regenerate with:\n#   {command}\n"
@@ -78,9 +129,23 @@ def compile_spec(
 ) -> Path:
     """Generate the package; returns its directory. Raises `CompileError`."""
     files = build_files(spec, analysis, backend=backend, output=output, sets=sets)
-    target = output if output is not None else default_output(spec, backend)
-    write_package(target, files, force=force)
+    target = output if output is not None else default_output(spec, backend, sets)
+    write_package(target, files, force=force, origin=Origin(spec.path, backend, tuple(sets)))
     return target
+
+
+def written(target: Path) -> str:
+    """What `resdsl compile` says: the files written, and the command that trains the package."""
+    names = sorted(p.name for p in target.iterdir() if p.name not in DISPOSABLE)
+    lines = [f"wrote {target.as_posix()}/: {', '.join(names)}"]
+    if (target / "train.py").exists():
+        try:  # the interpreter running resdsl, as the user can type it
+            python = Path(sys.executable).relative_to(Path.cwd()).as_posix()
+        except ValueError:
+            python = "python"
+        run = "runs/" + re.sub(r"_(torch|jax)$", "", target.name)
+        lines.append(f"train it:  {python} {target.as_posix()}/train.py --out {run}")
+    return "\n".join(lines)
 
 
 def format_python(source: str) -> str:
@@ -107,7 +172,12 @@ def _generated_by_resdsl(directory: Path) -> bool:
         return False
 
 
-def write_package(target: Path, files: dict[str, str], *, force: bool = False) -> None:
+def write_package(
+    target: Path, files: dict[str, str], *, force: bool = False, origin: Origin | None = None
+) -> None:
+    """Write the files as the directory `target`. Without `force`, refuse to replace a directory
+    resdsl did not generate, one holding other files, or (given `origin`) a package compiled
+    from another spec, for another backend or with other --set values."""
     if target.exists() and not force:
         if not target.is_dir():
             raise CompileError(
@@ -127,6 +197,21 @@ def write_package(target: Path, files: dict[str, str], *, force: bool = False) -
                 "move them elsewhere (a training run belongs outside the package), or pass "
                 "--force to replace the directory",
             )
+        earlier = read_origin(target) if origin is not None else None
+        if earlier is not None and earlier != origin:
+            if not earlier.same_spec(origin):
+                what = f"a package of {earlier.spec}"
+            elif earlier.backend != origin.backend:
+                what = f"the {earlier.backend} package of {earlier.spec}"
+            elif set(earlier.sets) != set(origin.sets):
+                what = f"the package of {earlier.describe()}"
+            else:
+                what = None
+            if what is not None:
+                raise CompileError(
+                    f"{target.as_posix()} holds {what}; not replacing it with {origin.describe()}",
+                    "choose another -o, or pass --force to replace it",
+                )
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
     try:
