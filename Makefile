@@ -14,7 +14,7 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[torch,jax,dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[torch,jax,dev,plot]'
 	touch $@
 
 # Fashion-MNIST from Debian's package (the only real data these machines can get).

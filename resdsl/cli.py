@@ -23,6 +23,10 @@ EXAMPLES = """Examples:
   resdsl summary specs/cifar/resnet20.res --set n=18 --json
   resdsl compile specs/fashion-mnist/resnet20.res --backend torch
   resdsl compile specs/torchvision/resnet50.res --backend jax -o out/resnet50_jax
+  resdsl runs runs/plain20 runs/resnet20
+  resdsl plot runs/plain20 runs/resnet20 -o fig6.png
+  resdsl list specs
+  resdsl new specs/mine.res --from specs/cifar/resnet20.res
 """
 
 app = typer.Typer(
@@ -147,6 +151,11 @@ def compile_(
     except CompileError as error:
         _fail(Report([Diagnostic(error.message, hint=error.hint)]))
     typer.echo(written(target))
+
+
+from .workflow_cli import register  # noqa: E402
+
+register(app)  # plot, runs, list, new
 
 
 def main() -> None:
