@@ -17,7 +17,7 @@ from .diagnostics import Diagnostic, Report, SpecError
 RunsArgument = Annotated[
     list[Path],
     typer.Argument(
-        metavar="RUN...",
+        metavar="RUN",
         help="Run directories written by a generated train.py (metrics.jsonl, final.json).",
         show_default=False,
     ),
@@ -53,8 +53,10 @@ def _command(name: str | None = None, **settings):
 
 
 @_command(
-    epilog="Example:  resdsl plot runs/plain20 runs/resnet20 -o fig6.png   "
-    "(training error thin, test error bold, learning-rate drops dotted)"
+    epilog="Examples:\n\n\b\n"
+    "  resdsl plot runs/plain20 runs/resnet20 -o fig6.png\n"
+    "  resdsl plot runs/r20 runs/r20_2k -o r20.svg --title 'ResNet-20, two lengths'\n"
+    "\nTraining error thin, test error bold with dots, learning-rate drops dotted."
 )
 def plot(
     runs: RunsArgument,
@@ -80,7 +82,12 @@ def plot(
     typer.echo(f"wrote {written.as_posix()} ({drawn} run{'s' * (drawn != 1)})")
 
 
-@_command("runs", epilog="Example:  resdsl runs runs/plain20 runs/resnet20 runs/r20_2k --json")
+@_command(
+    "runs",
+    epilog="Examples:\n\n\b\n"
+    "  resdsl runs runs/plain20 runs/resnet20 runs/r20_2k\n"
+    "  resdsl runs runs/* --json\n",
+)
 def runs_(
     runs: RunsArgument,
     json_: Annotated[
@@ -99,12 +106,13 @@ def runs_(
 
 @_command(
     "list",
-    epilog="Examples:  resdsl list   (the library in specs/)   resdsl list specs/cifar",
+    epilog="Examples:\n\n\b\n  resdsl list               # the library in specs/\n"
+    "  resdsl list specs/cifar\n",
 )
 def list_(
     directory: Annotated[
         Path,
-        typer.Argument(metavar="[DIR]", help="Where the specs are (searched recursively)."),
+        typer.Argument(metavar="DIR", help="Where the specs are (searched recursively)."),
     ] = Path("specs"),
 ) -> None:
     """The spec library as a table: network, depth, input, dataset, parameters, multiply-adds."""
@@ -119,7 +127,8 @@ def list_(
 
 
 @_command(
-    epilog="Example:  resdsl new specs/mine/resnet20_wide.res --from specs/cifar/resnet20.res"
+    epilog="Example:\n\n\b\n"
+    "  resdsl new specs/mine/resnet20_wide.res --from specs/cifar/resnet20.res\n"
 )
 def new(
     file: Annotated[Path, typer.Argument(metavar="FILE", help="The new spec (never overwritten).")],

@@ -337,3 +337,11 @@ def test_bench_starts_a_new_directory_each_time(tmp_path):
     with pytest.raises(SystemExit, match="not empty"):
         bench.main(["--out", str(tmp_path / "old")])
     assert (tmp_path / "old" / "results.md").read_text() == "earlier"
+
+
+@pytest.mark.parametrize("command", ["plot", "runs", "list", "new", "compile"])
+def test_each_command_has_help_with_an_example(command, capsys):
+    code, out, _ = run_cli([command, "--help"], capsys)
+    assert code == 0 and "Example" in out and f"resdsl {command} " in out
+    code, out, _ = run_cli(["--help"], capsys)
+    assert f"\n  {command} " in out
