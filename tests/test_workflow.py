@@ -270,6 +270,8 @@ def test_a_spec_without_train_section_is_not_told_to_train(tmp_path, capsys):
 @pytest.mark.parametrize(
     "args",
     [
+        ["check", "specs/resnet152.res"],
+        ["summary", "specs/cifar/resnet20.res", "--json"],
         ["list", "specs/cifar"],
         ["compile", "specs/cifar/resnet20.res", "-o", "{tmp}/pkg"],
         ["new", "{tmp}/x.res", "--from", "specs/cifar/resnet20.res"],
