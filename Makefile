@@ -8,13 +8,13 @@ DEMO_SPEC       ?= specs/fashion-mnist/resnet20.res
 DEMO_PACKAGE    ?= generated/fashion_mnist_resnet20_torch
 DEMO_ITERATIONS ?= 800
 
-.PHONY: setup data test demo goldens clean
+.PHONY: setup data test demo goldens editors clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[torch,jax,dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[torch,jax,dev,plot]'
 	touch $@
 
 # Fashion-MNIST from Debian's package (the only real data these machines can get).
@@ -35,6 +35,10 @@ demo: setup data
 
 goldens: setup
 	$(PY) -m tests.regenerate_goldens
+
+# The VS Code grammar's keywords from resdsl/grammar.lark (after the grammar gains a keyword).
+editors:
+	$(PYTHON) editors/vscode/generate_grammar.py
 
 clean:
 	rm -rf $(VENV) runs

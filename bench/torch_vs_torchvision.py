@@ -5,7 +5,7 @@
 
 Both models get the same weights and run forward + backward + SGD step in the same process,
 alternating in rounds (A B, then B A) so that clock and thermal drift hit both alike. On CUDA: bf16 autocast,
-channels_last, batch 256 (the setting of the measured anchors in REFERENCE.md). On the CPU:
+channels_last, batch 256 (the setting of the measured anchors in docs/reference.md). On the CPU:
 float32, channels_last. Prints a markdown row per model and the ratio generated / torchvision.
 """
 

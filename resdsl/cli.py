@@ -23,6 +23,10 @@ EXAMPLES = """Examples:
   resdsl summary specs/cifar/resnet20.res --set n=18 --json
   resdsl compile specs/fashion-mnist/resnet20.res --backend torch
   resdsl compile specs/torchvision/resnet50.res --backend jax -o out/resnet50_jax
+  resdsl runs runs/plain20 runs/resnet20
+  resdsl plot runs/plain20 runs/resnet20 -o fig6.png
+  resdsl list specs
+  resdsl new specs/mine.res --from specs/cifar/resnet20.res
 """
 
 app = typer.Typer(
@@ -119,16 +123,21 @@ def compile_(
             "-o",
             "--output",
             metavar="DIR",
-            help="Package directory [default: generated/NAME_BACKEND].",
+            help="Package directory [default: generated/ + the spec's path below specs/, e.g. "
+            "generated/fashion_mnist_resnet20_torch].",
         ),
     ] = None,
     set_: SetOption = None,
     force: Annotated[
-        bool, typer.Option("--force", help="Replace a directory resdsl did not generate.")
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace a directory resdsl did not generate, or a package of another spec.",
+        ),
     ] = False,
 ) -> None:
     """Generate a standalone training package for the spec."""
-    from .compile import CompileError, compile_spec
+    from .compile import CompileError, compile_spec, written
     from .frontend import load_spec
 
     try:
@@ -136,12 +145,17 @@ def compile_(
     except SpecError as error:
         _fail(error.report)
     try:
-        written = compile_spec(
+        target = compile_spec(
             spec, analysis, backend=backend, output=output, sets=set_ or [], force=force
         )
     except CompileError as error:
         _fail(Report([Diagnostic(error.message, hint=error.hint)]))
-    typer.echo(f"wrote {written}")
+    typer.echo(written(target))
+
+
+from .workflow_cli import register  # noqa: E402
+
+register(app)  # plot, runs, list, new
 
 
 def main() -> None:

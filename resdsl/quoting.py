@@ -31,6 +31,17 @@ def code_text(text: str) -> str:
     return "".join(out)
 
 
+def read_code_text(text: str) -> str | None:
+    """The text that `code_text` escaped (None if `text` is not such an escape)."""
+    import ast
+
+    try:
+        value = ast.literal_eval(f'"{text}"')
+    except (SyntaxError, ValueError):
+        return None
+    return value if isinstance(value, str) else None
+
+
 def shell_words(words: list[str]) -> str:
     """A command line that a shell runs as `words`."""
     return " ".join(shlex.quote(word) for word in words)

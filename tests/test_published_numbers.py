@@ -1,4 +1,4 @@
-"""The spec library against published numbers (REFERENCE.md): the paper and torchvision."""
+"""The spec library against published numbers (docs/reference.md): the paper and torchvision."""
 
 from __future__ import annotations
 
