@@ -12,7 +12,7 @@ from __future__ import annotations
 from .. import ir
 from ..analysis import Analysis
 from .network_view import model_context as network_model_context
-from .templating import readme_context, render_template
+from .templating import readme_context, render_template, runtime_module
 from .torch_backend import train_context
 
 # The files of the model half of a package; a trainer adds its files beside them.
@@ -55,4 +55,5 @@ def render_package(
         context |= train_context(spec)  # the PyTorch trainer's facts: the same recipe
         files["data.py"] = render_template("jax/data.py.jinja", **context)
         files["train.py"] = render_template("jax/train.py.jinja", **context)
+        files["runtime.py"] = runtime_module(header)
     return files

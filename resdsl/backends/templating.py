@@ -42,6 +42,12 @@ def render_template(name: str, **context) -> str:
     return environment().get_template(name).render(version=__version__, **context)
 
 
+def runtime_module(header: str) -> str:
+    """runtime.py of a trainer: templates/common/runtime.py as it is (plain Python that every
+    trainer shares), after the package's header."""
+    return header + (templates_dir() / "common" / "runtime.py").read_text(encoding="utf-8")
+
+
 def describe_shortcut(kind: str) -> str:
     return {
         "A": "option A: identity, subsampled and zero-padded where the shape changes",
@@ -90,8 +96,8 @@ DATASET_TITLES = {
 READERS = {
     "cifar10": ("common/readers/cifar.py.jinja", ["pickle"]),
     "cifar100": ("common/readers/cifar.py.jinja", ["pickle"]),
-    "mnist": ("common/readers/idx.py.jinja", ["gzip", "math", "struct"]),
-    "fashion_mnist": ("common/readers/idx.py.jinja", ["gzip", "math", "struct"]),
+    "mnist": ("common/readers/idx.py.jinja", ["gzip", "math", "struct", "zlib"]),
+    "fashion_mnist": ("common/readers/idx.py.jinja", ["gzip", "math", "struct", "zlib"]),
     "synthetic": ("common/readers/synthetic.py.jinja", []),
 }
 
