@@ -42,12 +42,12 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         with open(path, "rb") as f:
             batch = pickle.load(f, encoding="bytes")
         data, labels = batch[b"data"], batch[LABELS_KEY]
-    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError) as error:
+    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as error:
         raise DataError(f"{path} is not a batch of the python version of {DATASET_NAME} ({error})")
     images = np.asarray(data, dtype=np.uint8)
     if images.ndim != 2 or images.shape[1] != 3 * 32 * 32 or len(images) != len(labels):
         raise DataError(f"{path}: expected N x 3072 bytes and N labels, found {images.shape}")
-    return images.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+    return images.reshape(-1, 3, 32, 32), checked_labels(np.asarray(labels, dtype=np.int64), path)
 
 
 def load_arrays(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -66,6 +66,17 @@ def load_arrays(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             np.concatenate([labels for _, labels in batches]),
         )
     return arrays
+
+
+def checked_labels(labels: np.ndarray, path: Path) -> np.ndarray:
+    """The labels of a file, as int64, if each is a class of the network."""
+    labels = labels.astype(np.int64)
+    outside = (labels < 0) | (labels >= CLASSES)
+    if outside.any():
+        raise DataError(
+            f"{path} holds a label {labels[outside][0]} (at {int(outside.argmax())}); the network has {CLASSES} classes, 0 to {CLASSES - 1}"
+        )
+    return labels
 
 
 def to_float(images: np.ndarray) -> torch.Tensor:

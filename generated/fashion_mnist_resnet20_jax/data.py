@@ -15,6 +15,7 @@ import gzip
 import math
 import os
 import struct
+import zlib
 from pathlib import Path
 
 import jax
@@ -40,11 +41,16 @@ IDX_FILES = {
 
 def read_idx(path: Path) -> np.ndarray:
     """An IDX file (MNIST's format), gzipped or not, as an array of unsigned bytes."""
-    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
-        raw = f.read()
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as error:  # a truncated or corrupt .gz
+        raise DataError(f"{path} cannot be read ({error}); download it again") from None
     if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08:
         raise DataError(f"{path} is not an IDX file of unsigned bytes (bad magic number)")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise DataError(f"{path} is cut short: {len(raw)} bytes, less than its header")
     shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != math.prod(shape):
@@ -72,8 +78,19 @@ def load_arrays(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             raise DataError(
                 f"{root}: {split} images {images.shape} and labels {labels.shape} do not match"
             )
-        arrays[split] = (images[:, None], labels.astype(np.int64))
+        arrays[split] = (images[:, None], checked_labels(labels, find_idx(root, labels_name)))
     return arrays
+
+
+def checked_labels(labels: np.ndarray, path: Path) -> np.ndarray:
+    """The labels of a file, as int64, if each is a class of the network."""
+    labels = labels.astype(np.int64)
+    outside = (labels < 0) | (labels >= CLASSES)
+    if outside.any():
+        raise DataError(
+            f"{path} holds a label {labels[outside][0]} (at {int(outside.argmax())}); the network has {CLASSES} classes, 0 to {CLASSES - 1}"
+        )
+    return labels
 
 
 def to_float(images: np.ndarray) -> np.ndarray:
