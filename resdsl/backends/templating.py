@@ -208,9 +208,10 @@ def pipeline_description(train: ir.Train, size: int) -> str:
     if train.data.kind == "imagefolder":
         return "JPEG and PNG files are decoded in worker processes."
     return (
-        "Images are scaled to [0, 1] and the whole dataset is kept on the training device, where\n"
+        "Images are scaled to [0, 1]. The training split is kept on the training device, where\n"
         "each batch is drawn and augmented with tensor operations: no loader processes, and on a\n"
-        "GPU no copies from the host."
+        "GPU no training images copied from the host. The evaluation splits stay on the host\n"
+        "and go over a batch at a time."
     )
 
 
