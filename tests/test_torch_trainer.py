@@ -9,6 +9,7 @@ import json
 import os
 import pickle
 import re
+import shlex
 import struct
 import subprocess
 import sys
@@ -705,36 +706,42 @@ def test_the_run_directory_is_held_by_one_run_at_a_time(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
 def test_a_signal_finishes_the_step_writes_a_checkpoint_and_says_how_to_go_on(
-    fashion, tiny_fashion, tmp_path, signum
+    fashion, tiny_fashion, tmp_path
 ):
+    """Ctrl-C (SIGINT) stops a run, which goes on with the command it prints; SIGTERM stops that
+    one. A second run on the directory is refused while the first holds it."""
     import signal
     import time
 
     run = tmp_path / "run"
     args = [str(fashion / "train.py"), "--no-progress",
             *quick(tiny_fashion, run, "--iterations", "1000000", "--log-every", "1")]  # fmt: skip
-    process = subprocess.Popen([sys.executable, *args], cwd=fashion.parent, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-    deadline = time.time() + 300
-    while not (run / "metrics.jsonl").exists() or len(logged(run)) < 3:
-        assert time.time() < deadline and process.poll() is None, process.stderr.read()
-        time.sleep(0.05)
-    second = run_train(fashion, *quick(tiny_fashion, run, "--iterations", "5"))
-    assert second.returncode == 1
-    assert second.stderr == (
-        f"error: {run} is in use by another run (pid {process.pid}); wait for it to end, or "
-        "train into another directory (--out)\n"
-    )
-    process.send_signal(getattr(signal, signum))
-    _, stderr = process.communicate(timeout=300)
-    assert process.returncode == 128 + getattr(signal, signum), stderr
-    stopped = torch_checkpoint(run / "checkpoint.pt")["iteration"]
-    command = " ".join([sys.executable, *args, "--resume"])
+
+    def start_and_stop(command: list[str], signum: int, after: int) -> tuple[int, str]:
+        """Start `command`, send `signum` once `after` iterations are logged: (the checkpoint's
+        iteration, stderr)."""
+        process = subprocess.Popen(command, cwd=fashion.parent, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        deadline = time.time() + 300
+        while not (run / "metrics.jsonl").exists() or logged(run)[-1]["iteration"] < after:
+            assert time.time() < deadline and process.poll() is None, process.stderr.read()
+            time.sleep(0.05)
+        if signum == signal.SIGINT:  # meanwhile, a second run on the same directory
+            second = run_train(fashion, *quick(tiny_fashion, run, "--iterations", "5"))
+            assert second.returncode == 1 and second.stderr == (
+                f"error: {run} is in use by another run (pid {process.pid}); wait for it to "
+                "end, or train into another directory (--out)\n"
+            )
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 128 + signum, stderr
+        return torch_checkpoint(run / "checkpoint.pt")["iteration"], stderr
+
+    stopped, stderr = start_and_stop([sys.executable, *args], signal.SIGINT, 3)
+    command = shlex.join([sys.executable, *args, "--resume"])
     assert stderr == f"stopped at iteration {stopped}; go on with: {command}\n"
     assert logged(run)[-1]["iteration"] <= stopped
-    resumed = run_train(fashion, *quick(tiny_fashion, run, "--iterations", str(stopped + 2)),
-                        "--resume")  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"resumed from {run / 'checkpoint.pt'} at iteration {stopped}" in resumed.stdout
+    again, stderr = start_and_stop(shlex.split(command), signal.SIGTERM, stopped + 3)
+    assert stderr.startswith(f"stopped at iteration {again}; go on with: {command}\n")
+    assert again > stopped and logged(run)[-1]["iteration"] <= again
