@@ -6,9 +6,10 @@
 Preprocessing, train and test: per-pixel mean subtracted.
 Augmentation, training only: 4-pixel zero pad, random 32x32 crop, horizontal flip.
 
-Images are scaled to [0, 1] and the whole dataset is kept on the training device, where
+Images are scaled to [0, 1]. The training split is kept on the training device, where
 each batch is drawn and augmented with tensor operations: no loader processes, and on a
-GPU no copies from the host.
+GPU no training images copied from the host. The evaluation splits stay on the host
+and go over a batch at a time.
 """
 
 import os
@@ -27,6 +28,22 @@ CLASSES = 10
 
 class DataError(Exception):
     """The data is missing or not in the expected format."""
+
+
+def hold_out(items: np.ndarray, labels: np.ndarray, count: int) -> tuple[tuple, tuple]:
+    """(training, validation): `count` training images held out for validation, the last ones (the paper's 45k/5k split)."""
+    if not 0 <= count < len(labels):
+        raise DataError(f"--val-split {count}: the training split has {len(labels)} images")
+    keep = len(labels) - count
+    return (items[:keep], labels[:keep]), (items[keep:], labels[keep:])
+
+
+def check_batch(batch_size: int, shards: int, unit: str, images: int) -> None:
+    """The global batch must split evenly into shards, and fit in the training split."""
+    if batch_size % shards:
+        raise DataError(f"the batch of {batch_size} does not split over {shards} {unit}")
+    if batch_size > images:
+        raise DataError(f"the batch of {batch_size} is larger than the {images} training images")
 
 
 CIFAR_FILES = {
@@ -148,28 +165,21 @@ class ArrayData:
         mean_cache: Path | None = None,
     ) -> None:
         arrays = load_arrays(Path(root).expanduser())
-        images, labels = arrays["train"]
-        if not 0 <= val_split < len(labels):
-            raise DataError(f"--val-split {val_split}: the training split has {len(labels)} images")
-        keep = len(labels) - val_split  # the paper's hold-out: the last images of the training set
-        train = to_float(images[:keep])
+        (images, labels), held_out = hold_out(*arrays["train"], val_split)
+        keep = len(labels)
+        check_batch(batch_size, world, "processes", keep)
+        train = to_float(images)
         mean = training_mean(train, mean_cache)
         train -= mean
         self.train_images = train.to(device)
-        self.train_labels = torch.from_numpy(labels[:keep]).to(device)
-        self.splits = {"test": arrays["test"]}
-        if val_split:
-            self.splits["val"] = (images[keep:], labels[keep:])
+        self.train_labels = torch.from_numpy(labels).to(device)
+        self.splits = {"test": arrays["test"], **({"val": held_out} if val_split else {})}
         self.splits = {
             name: (to_float(x) - mean, torch.from_numpy(y)) for name, (x, y) in self.splits.items()
         }
         self.device, self.batch_size, self.rank, self.world = device, batch_size, rank, world
-        if batch_size % world:
-            raise DataError(f"the batch of {batch_size} does not split over {world} processes")
-        if batch_size > keep:
-            raise DataError(f"the batch of {batch_size} is larger than the {keep} training images")
         self.generator = torch.Generator().manual_seed(seed)
-        self.epoch, self.position = 0, 0
+        self.position = 0  # in the epoch's order
         self.order = torch.randperm(keep, generator=self.generator)
 
     @property
@@ -181,7 +191,7 @@ class ArrayData:
         which images and how each is augmented."""
         if self.position + self.batch_size > len(self.order):  # a new epoch, reshuffled
             self.order = torch.randperm(len(self.train_labels), generator=self.generator)
-            self.epoch, self.position = self.epoch + 1, 0
+            self.position = 0
         draws = {"index": self.order[self.position : self.position + self.batch_size]}
         self.position += self.batch_size
         draws.update(draw_augmentation(self.batch_size, self.generator))
@@ -210,13 +220,12 @@ class ArrayData:
 
     def state_dict(self) -> dict:
         return {
-            "epoch": self.epoch,
             "position": self.position,
             "order": self.order,
             "generator": self.generator.get_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.position = state["epoch"], state["position"]
+        self.position = state["position"]
         self.order = state["order"]
         self.generator.set_state(state["generator"])

@@ -58,76 +58,23 @@ TOP5 = True
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = runtime.Parser(description="Train resnet20 (specs/cifar/resnet20.res).")
-    p.add_argument("--data", default=DATA_PATH, help="dataset directory (default: %(default)s)")
-    p.add_argument("--out", default="runs/resnet20", help="run directory (default: %(default)s)")
-    p.add_argument(
-        "--iterations", type=runtime.positive, help="train this many iterations; milestones scale"
-    )
-    p.add_argument(
-        "--batch-size", type=runtime.positive, default=BATCH_SIZE, help="global batch size"
+    p = runtime.training_parser(
+        "Train resnet20 (specs/cifar/resnet20.res).",
+        data=DATA_PATH,
+        out="runs/resnet20",
+        batch_size=BATCH_SIZE,
+        val_split=VAL_SPLIT,
+        checkpoint="checkpoint.pt",
+        held_out="the last N training images",
     )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--seed", type=runtime.integer, default=0)
-    p.add_argument(
-        "--checkpoint-every", type=runtime.positive, default=1000, metavar="N", help="iterations"
+    runtime.switch(p, "--amp", "bf16 autocast (default: on CUDA)")
+    runtime.switch(p, "--channels-last", "channels_last memory format (default: on CUDA)")
+    runtime.switch(p, "--cuda-graph", "one CUDA graph per step (default: on one CUDA device)")
+    runtime.switch(
+        p, "--compile", "torch.compile the model (default: on CUDA without --cuda-graph)"
     )
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--eval-only", action="store_true", help="evaluate --checkpoint and stop")
-    p.add_argument("--checkpoint", type=Path, help="checkpoint for --eval-only")
-    p.add_argument(
-        "--val-split",
-        type=runtime.non_negative,
-        default=VAL_SPLIT,
-        metavar="N",
-        help="hold out the last N training images for validation",
-    )
-    p.add_argument(
-        "--eval-images",
-        type=runtime.positive,
-        metavar="N",
-        help="evaluate N images of each split only",
-    )
-    p.add_argument(
-        "--log-every",
-        type=runtime.positive,
-        metavar="N",
-        help="iterations (default: 100, or a tenth of a short run)",
-    )
-    p.add_argument(
-        "--amp",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="bf16 autocast (default: on CUDA)",
-    )
-    p.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="the model in channels_last memory format (default: on CUDA)",
-    )
-    p.add_argument(
-        "--cuda-graph",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="capture the whole training step as one CUDA graph (default: on one CUDA device)",
-    )
-    p.add_argument(
-        "--compile",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="torch.compile the model (default: on CUDA without --cuda-graph)",
-    )
-    p.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="a progress bar (default: when stderr is a terminal)",
-    )
-    args = p.parse_args(argv)
-    if args.eval_only and args.checkpoint is None:
-        p.error("--eval-only needs --checkpoint PATH")
-    return args
+    return runtime.parse(p, argv)
 
 
 # Processes and devices ----------------------------------------------------------------------
@@ -214,8 +161,21 @@ def autocast(args, device):
 
 
 # Checkpoints --------------------------------------------------------------------------------
-def save_checkpoint(run: runtime.RunDirectory, state: dict) -> None:
-    """torch.save of `state`, with the spec and a checksum (runtime.py), renamed into place."""
+def save_checkpoint(run: runtime.RunDirectory, model: torch.nn.Module, parts: dict, iteration: int,
+                    clock: dict, window: list) -> None:  # fmt: skip
+    """torch.save of the model's and `parts`' state dicts, the random generators' states, the
+    clock and the log window (so that the log line after a resume is the same), with the spec and
+    a checksum (runtime.py), renamed into place."""
+    device = next(model.parameters()).device
+    state = {
+        "model": model.state_dict(),
+        **{name: part.state_dict() for name, part in parts.items()},
+    }
+    state["rng"] = {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+    state |= {"iteration": iteration, "clock": clock, "log_window": [t.cpu() for t in window]}
     buffer = io.BytesIO()
     torch.save(state, buffer)
     run.save_checkpoint(buffer.getvalue(), SPEC)
@@ -231,6 +191,37 @@ def load_checkpoint(path: Path, model: torch.nn.Module, device: torch.device) ->
         reason = str(error).strip().splitlines()[0]
         raise runtime.RunError(f"{path} does not hold weights of this network ({reason})") from None
     return state
+
+
+def resume(
+    run: runtime.RunDirectory, model: torch.nn.Module, parts: dict, device: torch.device, rank: int
+) -> dict:
+    """The state of the run's checkpoint, restored into `model`, `parts` and the random
+    generators; without a checkpoint (stopped before the first), an empty state: it starts again."""
+    state = load_checkpoint(run.checkpoint, model, device) if run.checkpoint.exists() else {}
+    if state:
+        for name, part in parts.items():
+            part.load_state_dict(state[name])
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+    if rank == 0:
+        run.resume_at(state.get("iteration", 0))
+    return state
+
+
+def check_finite(
+    model: torch.nn.Module, window: list, done: int, run: runtime.RunDirectory, world: int
+) -> None:
+    """Stop, keeping the last good checkpoint, rather than write one of a NaN or infinite state."""
+    device = next(model.parameters()).device
+    loss = all_sum([float(torch.stack(window)[:, 0].sum()) if window else 0.0], device, world)[0]
+    if not math.isfinite(loss):
+        raise runtime.Stopped(f"the training loss is {loss} by iteration {done}", run.checkpoint)
+    if not all(
+        bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point()
+    ):
+        raise runtime.Stopped(f"the weights are not finite after iteration {done}", run.checkpoint)
 
 
 class GraphedStep:
@@ -281,7 +272,8 @@ class GraphedStep:
         except RuntimeError as error:
             reason = str(error).strip().splitlines()[0]
             raise runtime.RunError(
-                f"capturing the training step as a CUDA graph failed ({reason}); train without one: --no-cuda-graph"
+                f"capturing the training step as a CUDA graph failed ({reason}); "
+                "train without one: --no-cuda-graph"
             ) from None
 
 
@@ -293,6 +285,7 @@ def choose_defaults(args: argparse.Namespace, device: torch.device, world: int) 
     # channels_last is faster on CUDA; on the CPU some builds of torch corrupt memory in its
     # backward pass of strided 1x1 convolutions, so there the default is the contiguous format
     args.channels_last = cuda if args.channels_last is None else args.channels_last
+    args.memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     if args.cuda_graph is None:
         args.cuda_graph = cuda and world == 1 and not args.compile
     if args.cuda_graph and (not cuda or world > 1 or args.compile):
@@ -309,6 +302,21 @@ def evaluate_all(model: torch.nn.Module, data, args, device, world) -> dict:
     }
 
 
+def wrapped(model: torch.nn.Module, args, device: torch.device, world: int) -> torch.nn.Module:
+    """The model as the training step calls it: in DistributedDataParallel under torchrun, and
+    torch.compiled with --compile."""
+    if world > 1:
+        model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    return torch.compile(model) if args.compile else model
+
+
+def mean_over_processes(window: list, device: torch.device, world: int) -> list[float]:
+    """The mean [loss, error] of the iterations in `window`, over every process."""
+    return [v / world for v in all_sum(torch.stack(window).mean(0).tolist(), device, world)]
+
+
 def stop_requested(signals: runtime.Signals, device: torch.device, world: int) -> bool:
     """Whether a process has been sent SIGINT or SIGTERM (all processes stop together)."""
     return all_sum([float(signals.received is not None)], device, world)[0] > 0
@@ -320,28 +328,14 @@ def main(argv: list[str] | None = None) -> None:
     rank, world, device = setup(args.device)
     choose_defaults(args, device, world)
     run = runtime.RunDirectory(Path(args.out), "checkpoint.pt")
-    if not args.eval_only:
-        if rank == 0:
-            run.hold(args.resume)  # one run at a time, never over an earlier one
-        finished = run.finished() if args.resume else None
-        if finished:  # say so and change nothing
-            if rank == 0:
-                print(finished)
-            return
+    if not args.eval_only and not run.start(args.resume, lead=rank == 0):
+        return  # a finished run: nothing to do
     torch.manual_seed(args.seed)
     data = ArrayData(
-        args.data,
-        device,
-        batch_size=args.batch_size,
-        val_split=args.val_split,
-        seed=args.seed,
-        rank=rank,
-        world=world,
-        mean_cache=run.path / "mean.pt",
-    )
-    model = build_model().to(
-        device, memory_format=torch.channels_last if args.channels_last else torch.contiguous_format
-    )
+        args.data, device, batch_size=args.batch_size, val_split=args.val_split, seed=args.seed,
+        rank=rank, world=world, mean_cache=run.path / "mean.pt",
+    )  # fmt: skip
+    model = build_model().to(device, memory_format=args.memory_format)  # inputs follow the weights
     if args.eval_only:
         load_checkpoint(args.checkpoint, model, device)
         results = evaluate_all(model, data, args, device, world)
@@ -354,33 +348,13 @@ def main(argv: list[str] | None = None) -> None:
     optimizer = torch.optim.SGD(
         model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY
     )
-    start, clock, window = 0, None, []  # window: [loss, error] tensors since the last log line
-    if args.resume and run.checkpoint.exists():
-        state = load_checkpoint(run.checkpoint, model, device)
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        data.load_state_dict(state["data"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and state["rng"]["cuda"] is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-        start, clock, window = (
-            state["iteration"],
-            state["clock"],
-            [t.to(device) for t in state["log_window"]],
-        )
-        if rank == 0:
-            run.keep_metrics_until(start)
-            print(f"resumed from {run.checkpoint} at iteration {start}")
-    elif args.resume and rank == 0:
-        run.keep_metrics_until(0)  # stopped before its first checkpoint: it starts again
+    # what a checkpoint holds beside the model; a resume restores it
+    parts = {"optimizer": optimizer, "schedule": schedule, "data": data}
+    state = resume(run, model, parts, device, rank) if args.resume else {}
+    start, window = state.get("iteration", 0), [t.to(device) for t in state.get("log_window", [])]
+    log = runtime.TrainingLog(run, args, total, start, lead=rank == 0, clock=state.get("clock"))
 
-    step_model = (
-        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        if world > 1
-        else model
-    )
-    if args.compile:
-        step_model = torch.compile(step_model)
+    step_model = wrapped(model, args, device, world)  # DistributedDataParallel, torch.compile
 
     def train_step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Forward, backward, update; the batch's [loss, error]."""
@@ -392,13 +366,8 @@ def main(argv: list[str] | None = None) -> None:
         optimizer.step()
         return torch.stack([loss.detach(), (logits.argmax(1) != labels).float().mean()])
 
-    graphed = (
-        GraphedStep(lambda draws: train_step(*data.batch(draws)), device)
-        if args.cuda_graph
-        else None
-    )
-    log = runtime.TrainingLog(run, total=total, start=start, every=args.log_every, batch_size=args.batch_size,
-                              lead=rank == 0, progress=args.progress, clock=clock)  # fmt: skip
+    if args.cuda_graph:  # the whole step as one CUDA graph, replayed
+        graph = GraphedStep(lambda draws: train_step(*data.batch(draws)), device)
     signals.armed = True
     model.train()
     for iteration in range(start, total):
@@ -408,16 +377,13 @@ def main(argv: list[str] | None = None) -> None:
             group["lr"] = lr
 
         # forward, backward, update
-        window.append(
-            graphed(data.next_draws(), lr) if graphed else train_step(*data.train_batch())
-        )
+        stats = graph(data.next_draws(), lr) if args.cuda_graph else train_step(*data.train_batch())
+        window.append(stats)
         done = iteration + 1
 
         # log: the mean loss and error since the last log line
         if log.due(done):
-            loss, error = (
-                v / world for v in all_sum(torch.stack(window).mean(0).tolist(), device, world)
-            )
+            loss, error = mean_over_processes(window, device, world)
             log.interval(done, lr, loss, error, len(window))
             window = []
 
@@ -425,32 +391,9 @@ def main(argv: list[str] | None = None) -> None:
         stop = stop_requested(signals, device, world)
         if stop or done % args.checkpoint_every == 0 or done == total:
             with log.paused():
-                loss_now = all_sum(
-                    [float(torch.stack(window)[:, 0].sum()) if window else 0.0], device, world
-                )[0]
-                if not math.isfinite(loss_now):
-                    raise runtime.Stopped(
-                        f"the training loss is {loss_now} by iteration {done}", run.checkpoint
-                    )
-                if not all(
-                    bool(torch.isfinite(t).all())
-                    for t in model.state_dict().values()
-                    if t.is_floating_point()
-                ):
-                    raise runtime.Stopped(
-                        f"the weights are not finite after iteration {done}", run.checkpoint
-                    )
+                check_finite(model, window, done, run, world)
                 if rank == 0:
-                    save_checkpoint(run, {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "schedule": schedule.state_dict(),
-                        "data": data.state_dict(),
-                        "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
-                        "iteration": done,
-                        "clock": log.state(),
-                        "log_window": [t.cpu() for t in window],  # so the log line after a resume is the same
-                    })  # fmt: skip
+                    save_checkpoint(run, model, parts, done, log.state(), window)
         if stop:
             raise runtime.Interrupted(signals.received or signal.SIGTERM, done)
     signals.armed = False

@@ -6,9 +6,10 @@
 Preprocessing, train and test: zero-padded to 32x32, per-pixel mean subtracted.
 Augmentation, training only: 4-pixel zero pad, random 32x32 crop, horizontal flip.
 
-Images are scaled to [0, 1] and the whole dataset is kept in the memory of every device, with
-channels last ([N, H, W, C]); each batch is drawn and augmented there, inside the compiled training
-step (`training_batch`): no loader processes, and on a GPU no copies from the host.
+Images are scaled to [0, 1], channels last ([N, H, W, C]). The training split is kept in the
+memory of every device; each batch is drawn and augmented there, inside the compiled training step
+(`training_batch`): no loader processes, and on a GPU no training images copied from the host.
+The evaluation splits stay on the host and go over a batch at a time.
 """
 
 import gzip
@@ -31,6 +32,22 @@ CLASSES = 10
 
 class DataError(Exception):
     """The data is missing or not in the expected format."""
+
+
+def hold_out(items: np.ndarray, labels: np.ndarray, count: int) -> tuple[tuple, tuple]:
+    """(training, validation): `count` training images held out for validation, the last ones (the paper's 45k/5k split)."""
+    if not 0 <= count < len(labels):
+        raise DataError(f"--val-split {count}: the training split has {len(labels)} images")
+    keep = len(labels) - count
+    return (items[:keep], labels[:keep]), (items[keep:], labels[keep:])
+
+
+def check_batch(batch_size: int, shards: int, unit: str, images: int) -> None:
+    """The global batch must split evenly into shards, and fit in the training split."""
+    if batch_size % shards:
+        raise DataError(f"the batch of {batch_size} does not split over {shards} {unit}")
+    if batch_size > images:
+        raise DataError(f"the batch of {batch_size} is larger than the {images} training images")
 
 
 IDX_FILES = {
@@ -177,28 +194,20 @@ class ArrayData:
         mean_cache: Path | None = None,
     ) -> None:
         arrays = load_arrays(Path(root).expanduser())
-        images, labels = arrays["train"]
-        if not 0 <= val_split < len(labels):
-            raise DataError(f"--val-split {val_split}: the training split has {len(labels)} images")
-        keep = len(labels) - val_split  # the paper's hold-out: the last images of the training set
-        train = to_float(images[:keep])
+        (images, labels), held_out = hold_out(*arrays["train"], val_split)
+        keep = len(labels)
+        check_batch(batch_size, mesh.devices.size, "devices", keep)
+        train = to_float(images)
         mean = training_mean(train, mean_cache)
         train -= mean
         self.train = replicate(
-            {"images": channels_last(train), "labels": labels[:keep].astype(np.int32)}, mesh
+            {"images": channels_last(train), "labels": labels.astype(np.int32)}, mesh
         )
-        self.splits = {"test": arrays["test"]}
-        if val_split:
-            self.splits["val"] = (images[keep:], labels[keep:])
+        self.splits = {"test": arrays["test"], **({"val": held_out} if val_split else {})}
         self.splits = {
             name: (channels_last(to_float(x) - mean), y.astype(np.int32))
             for name, (x, y) in self.splits.items()
         }
-        devices = mesh.devices.size
-        if batch_size % devices:
-            raise DataError(f"the batch of {batch_size} does not split over {devices} devices")
-        if batch_size > keep:
-            raise DataError(f"the batch of {batch_size} is larger than the {keep} training images")
         self.mesh, self.batch_size, self.seed = mesh, batch_size, seed
         self.epoch, self.position = 0, 0  # of the next batch
         self.order = epoch_order(seed, 0, keep)

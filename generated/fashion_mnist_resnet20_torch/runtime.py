@@ -81,6 +81,53 @@ def integer(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be an integer, not {text!r}") from None
 
 
+def training_parser(
+    description: str,
+    *,
+    data: str,
+    out: str,
+    batch_size: int,
+    val_split: int,
+    checkpoint: str,
+    held_out: str,
+) -> Parser:
+    """The flags every trainer has, with the spec's defaults; train.py adds its framework's."""
+    p = Parser(description=description)
+    p.add_argument("--data", default=data, help="dataset directory (default: %(default)s)")
+    p.add_argument("--out", default=out, help="run directory (default: %(default)s)")
+    p.add_argument(
+        "--iterations", type=positive, help="train this many iterations; milestones scale"
+    )
+    p.add_argument("--batch-size", type=positive, default=batch_size, help="global batch size")
+    p.add_argument("--seed", type=integer, default=0)
+    p.add_argument(
+        "--checkpoint-every", type=positive, default=1000, metavar="N", help="iterations"
+    )
+    p.add_argument("--resume", action="store_true", help=f"continue from OUT/{checkpoint}")
+    p.add_argument("--eval-only", action="store_true", help="evaluate --checkpoint and stop")
+    p.add_argument("--checkpoint", type=Path, help="checkpoint for --eval-only")
+    p.add_argument("--val-split", type=non_negative, default=val_split, metavar="N",
+                   help=f"hold out {held_out} for validation")  # fmt: skip
+    p.add_argument("--eval-images", type=positive, metavar="N",
+                   help="evaluate N images of each split only")  # fmt: skip
+    p.add_argument("--log-every", type=positive, metavar="N",
+                   help="iterations (default: 100, or a tenth of a short run)")  # fmt: skip
+    switch(p, "--progress", "a progress bar (default: when stderr is a terminal)")
+    return p
+
+
+def switch(p: Parser, flag: str, help: str, default: bool | None = None) -> None:
+    """An on/off flag, --NAME and --no-NAME; None leaves the choice to the trainer."""
+    p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help)
+
+
+def parse(p: Parser, argv: list[str] | None) -> argparse.Namespace:
+    args = p.parse_args(argv)
+    if args.eval_only and args.checkpoint is None:
+        p.error("--eval-only needs --checkpoint PATH")
+    return args
+
+
 def resume_command() -> str:
     """The command that started this process, with --resume: how to go on after a stop."""
     words = list(sys.orig_argv)
@@ -131,6 +178,23 @@ class RunDirectory:
                 f"{self.path} holds an earlier run ({', '.join(earlier)}); go on with it "
                 "(--resume) or train into another directory (--out)"
             )
+
+    def start(self, resume: bool, lead: bool) -> bool:
+        """Hold the directory for this run (the lead process does); False when a finished run is
+        resumed: that is said, and nothing is changed."""
+        if lead:
+            self.hold(resume)
+        finished = self.finished() if resume else None
+        if finished and lead:
+            print(finished)
+        return finished is None
+
+    def resume_at(self, iteration: int) -> None:
+        """Going on from the checkpoint of `iteration` (0: there was none, the run starts again):
+        what was logged after it is dropped, as it is logged again."""
+        self.keep_metrics_until(iteration)
+        if iteration:
+            print(f"resumed from {self.checkpoint} at iteration {iteration}")
 
     def finished(self) -> str | None:
         """What a resumed run that has already ended says (and then does nothing), or None."""
@@ -243,7 +307,8 @@ def read_checkpoint(path: Path, spec: str | None) -> bytes:
         raise RunError(f"{path} cannot be read: {error.strerror}") from None
     if not raw.startswith(CHECKPOINT_MAGIC):
         raise RunError(
-            f"{path} is not a checkpoint written by a resdsl trainer (it is {len(raw)} bytes of something else)"
+            f"{path} is not a checkpoint written by a resdsl trainer "
+            f"(it is {len(raw)} bytes of something else)"
         )
     first, _, payload = raw[len(CHECKPOINT_MAGIC) :].partition(b"\n")
     try:
@@ -256,8 +321,9 @@ def read_checkpoint(path: Path, spec: str | None) -> bytes:
         intact = False
     if not intact:
         raise RunError(
-            f"{path} is damaged or cut short (its contents do not match the checksum written with it); it is "
-            "left as it is: resume from a copy, or train into another directory (--out)"
+            f"{path} is damaged or cut short (its contents do not match the checksum written "
+            "with it); it is left as it is: resume from a copy, or train into another directory "
+            "(--out)"
         )
     if spec is not None and header["spec"] != spec:
         raise RunError(f"{path} is a checkpoint of {header['spec']}, not of {spec}")
@@ -312,21 +378,20 @@ class TrainingLog:
     def __init__(
         self,
         run: RunDirectory,
-        *,
+        args: argparse.Namespace,
         total: int,
         start: int,
-        every: int | None,
-        batch_size: int,
+        *,
         lead: bool,
-        progress: bool,
         clock: dict | None = None,
     ) -> None:
-        self.run, self.total, self.batch_size, self.lead = run, total, batch_size, lead
-        self.every = every or max(1, min(100, total // 10))
+        """`args`: --log-every, --batch-size and --progress; `clock`: a checkpoint's."""
+        self.run, self.total, self.batch_size, self.lead = run, total, args.batch_size, lead
+        self.every = args.log_every or max(1, min(100, total // 10))
         self.clock = dict(clock or {"train_s": 0.0, "images": 0, "wall_s": 0.0})
         self.started = self.interval_start = time.perf_counter()
         self.bar = None
-        if progress and lead:
+        if args.progress and lead:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=start, unit="it", dynamic_ncols=True)

@@ -67,66 +67,24 @@ TOP5 = True
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = runtime.Parser(description="Train resnet34 (specs/resnet34.res) with JAX.")
-    p.add_argument("--data", default=DATA_PATH, help="dataset directory (default: %(default)s)")
-    p.add_argument("--out", default="runs/resnet34", help="run directory (default: %(default)s)")
-    p.add_argument(
-        "--iterations", type=runtime.positive, help="train this many iterations; milestones scale"
+    p = runtime.training_parser(
+        "Train resnet34 (specs/resnet34.res) with JAX.",
+        data=DATA_PATH,
+        out="runs/resnet34",
+        batch_size=BATCH_SIZE,
+        val_split=VAL_SPLIT,
+        checkpoint="checkpoint.msgpack",
+        held_out="N training images, spread over them,",
     )
-    p.add_argument(
-        "--batch-size", type=runtime.positive, default=BATCH_SIZE, help="global batch size"
-    )
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="JAX platform")
-    p.add_argument("--seed", type=runtime.integer, default=0)
     p.add_argument(
         "--workers",
         type=runtime.non_negative,
         default=min(8, os.cpu_count() or 1),
         help="decoding processes per training process (default: %(default)s)",
     )
-    p.add_argument(
-        "--checkpoint-every", type=runtime.positive, default=1000, metavar="N", help="iterations"
-    )
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.msgpack")
-    p.add_argument("--eval-only", action="store_true", help="evaluate --checkpoint and stop")
-    p.add_argument("--checkpoint", type=Path, help="checkpoint for --eval-only")
-    p.add_argument(
-        "--val-split",
-        type=runtime.non_negative,
-        default=VAL_SPLIT,
-        metavar="N",
-        help="hold out N training images, spread over them, for validation",
-    )
-    p.add_argument(
-        "--eval-images",
-        type=runtime.positive,
-        metavar="N",
-        help="evaluate N images of each split only",
-    )
-    p.add_argument(
-        "--log-every",
-        type=runtime.positive,
-        metavar="N",
-        help="iterations (default: 100, or a tenth of a short run)",
-    )
-    p.add_argument(
-        "--amp",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="bf16 weights and images in the steps (default: on GPU)",
-    )
-    p.add_argument(
-        "--compile",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="jax.jit the steps; --no-compile runs op by op (default: on)",
-    )
-    p.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="a progress bar (default: when stderr is a terminal)",
-    )
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="JAX platform")
+    runtime.switch(p, "--amp", "bf16 weights and images in the steps (default: on GPU)")
+    runtime.switch(p, "--compile", "jax.jit the steps (default: on; off runs op by op)", True)
     p.add_argument(
         "--coordinator", metavar="HOST:PORT", help="several processes: process 0's address"
     )
@@ -144,10 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="several processes that JAX finds (SLURM, Open MPI, Cloud TPU)",
     )
-    args = p.parse_args(argv)
-    if args.eval_only and args.checkpoint is None:
-        p.error("--eval-only needs --checkpoint PATH")
-    return args
+    return runtime.parse(p, argv)
 
 
 # Processes and devices ----------------------------------------------------------------------
@@ -421,14 +376,8 @@ def main(argv: list[str] | None = None) -> None:
     lead = jax.process_index() == 0  # logs and writes checkpoints
     args.progress = sys.stderr.isatty() if args.progress is None else args.progress
     run = runtime.RunDirectory(Path(args.out), "checkpoint.msgpack")
-    if not args.eval_only:
-        if lead:
-            run.hold(args.resume)  # one run at a time, never over an earlier one
-        finished = run.finished() if args.resume else None
-        if finished:  # say so and change nothing
-            if lead:
-                print(finished)
-            return
+    if not args.eval_only and not run.start(args.resume, lead):
+        return  # a finished run: nothing to do
     data = FolderData(
         args.data,
         mesh,
@@ -460,18 +409,14 @@ def main(argv: list[str] | None = None) -> None:
         schedule.load_state_dict(saved["schedule"])
         data.load_state_dict(saved["data"])
         start, clock, window = saved["iteration"], saved["clock"], saved["log_window"]
-        if lead:
-            run.keep_metrics_until(start)
-            print(f"resumed from {run.checkpoint} at iteration {start}")
-    else:
+    else:  # a new run, or one stopped before its first checkpoint: it starts again
         variables = jit(init_variables, args, static_argnums=0)(args.seed)
         opt_state = optimizer.init(variables["params"])
-        if args.resume and lead:
-            run.keep_metrics_until(0)  # stopped before its first checkpoint: it starts again
+    if args.resume and lead:
+        run.resume_at(start)
     state = replicate({**variables, "opt_state": opt_state}, mesh)
 
-    log = runtime.TrainingLog(run, total=total, start=start, every=args.log_every, batch_size=args.batch_size,
-                              lead=lead, progress=args.progress, clock=clock)  # fmt: skip
+    log = runtime.TrainingLog(run, args, total, start, lead=lead, clock=clock)
     signals.armed = True
     for iteration in range(start, total):
         # the learning rate of this iteration
@@ -521,7 +466,7 @@ def main(argv: list[str] | None = None) -> None:
                         "data": data.state_dict(),
                         "iteration": done,
                         "clock": log.state(),
-                        "log_window": jax.device_get(window),  # so the log line after a resume is the same
+                        "log_window": jax.device_get(window),  # the next log line, after a resume
                     })  # fmt: skip
         if stop:
             raise runtime.Interrupted(signals.received or signal.SIGTERM, done)

@@ -15,6 +15,7 @@ import functools
 import os
 import tempfile
 import multiprocessing
+import signal
 import threading
 import time
 from collections import deque
@@ -34,6 +35,23 @@ CLASSES = 1000
 
 class DataError(Exception):
     """The data is missing or not in the expected format."""
+
+
+def hold_out(items: np.ndarray, labels: np.ndarray, count: int) -> tuple[tuple, tuple]:
+    """(training, validation): `count` training images held out for validation, spread evenly over the sorted list (so over every class)."""
+    if not 0 <= count < len(labels):
+        raise DataError(f"--val-split {count}: the training split has {len(labels)} images")
+    held = np.zeros(len(labels), dtype=bool)
+    held[np.arange(count) * len(labels) // count] = True
+    return (items[~held], labels[~held]), (items[held], labels[held])
+
+
+def check_batch(batch_size: int, shards: int, unit: str, images: int) -> None:
+    """The global batch must split evenly into shards, and fit in the training split."""
+    if batch_size % shards:
+        raise DataError(f"the batch of {batch_size} does not split over {shards} {unit}")
+    if batch_size > images:
+        raise DataError(f"the batch of {batch_size} is larger than the {images} training images")
 
 
 # Image folders: files, geometry and colour, one image at a time (numpy and PIL only) ---------
@@ -269,6 +287,14 @@ def subtract_mean(
     return views - mean
 
 
+def first_images(paths: np.ndarray, labels: np.ndarray, limit: int | None) -> tuple:
+    """--eval-images: `limit` images of a split spread evenly over it (so over every class)."""
+    if limit is None or limit >= len(labels):
+        return paths, labels
+    chosen = np.arange(limit) * len(labels) // limit
+    return paths[chosen], labels[chosen]
+
+
 # Image folders: loader processes, batches and devices -----------------------------------------
 class ImageFiles:
     """Image files under a root (paths relative to it) and their labels, read by `sample` in the
@@ -390,6 +416,7 @@ LOADER_IMAGES: ImageFiles | None = None
 def start_loader(images: ImageFiles) -> None:
     global LOADER_IMAGES
     LOADER_IMAGES = images
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the training process stops the run
     threading.Thread(target=exit_with_parent, daemon=True).start()
 
 
@@ -438,21 +465,9 @@ class FolderData:
     ) -> None:
         self.root = Path(root).expanduser()
         splits = list_images(self.root)
-        paths, labels = splits["train"]
-        if not 0 <= val_split < len(labels):
-            raise DataError(f"--val-split {val_split}: the training split has {len(labels)} images")
-        held = np.zeros(len(labels), dtype=bool)
-        held[np.arange(val_split) * len(labels) // val_split] = True  # spread over the classes
-        keep = len(labels) - val_split
-        self.train = (paths[~held], labels[~held])
-        self.splits = {"test": splits["test"]}
-        if val_split:
-            self.splits["val"] = (paths[held], labels[held])
-        devices = mesh.devices.size
-        if batch_size % devices:
-            raise DataError(f"the batch of {batch_size} does not split over {devices} devices")
-        if batch_size > keep:
-            raise DataError(f"the batch of {batch_size} is larger than the {keep} training images")
+        self.train, held_out = hold_out(*splits["train"], val_split)
+        check_batch(batch_size, mesh.devices.size, "devices", len(self.train[1]))
+        self.splits = {"test": splits["test"], **({"val": held_out} if val_split else {})}
         self.mesh, self.batch_size, self.seed, self.workers = mesh, batch_size, seed, workers
         self.rank, self.world = jax.process_index(), jax.process_count()
         self.mean = self.training_mean(mean_cache)
@@ -512,10 +527,7 @@ class FolderData:
         Batches of single_view and ten_crop are sharded over the devices (each process loads
         its shard), and the last is filled up with images labelled -1, which count for nothing.
         """
-        paths, labels = self.splits[split]
-        if limit is not None and limit < len(labels):
-            chosen = np.arange(limit) * len(labels) // limit  # spread over the classes
-            paths, labels = paths[chosen], labels[chosen]
+        paths, labels = first_images(*self.splits[split], limit)
         images = EvalImages(self.root, paths, labels, EVAL_VIEWS[protocol], self.mean)
         count = len(labels)
         if protocol == "multiscale":  # the views of one image differ in size from the next's
