@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -541,10 +542,9 @@ def test_two_devices_and_two_processes_train_as_one(run_jax, synthetic, tmp_path
     ]
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
     assert logged(tmp_path / "d2") == logged(tmp_path / "p2")
-    odd = run_jax(synthetic, "--out", str(tmp_path / "odd"), "--batch-size", "15", devices=2)
-    assert (
-        odd.returncode == 1 and "error: the batch of 15 does not split over 2 devices" in odd.stderr
-    )
+    data = import_package(synthetic)["data"]  # the check the trainer makes with 2 devices
+    with pytest.raises(data.DataError, match="^the batch of 15 does not split over 2 devices$"):
+        data.check_batch(15, 2, "devices", 10_000)
 
 
 @pytest.mark.slow
@@ -664,3 +664,27 @@ def test_flags_out_of_range_are_one_line_usage_errors(run_jax, synthetic, tmp_pa
     assert result.stderr == (
         "error: argument --batch-size: must be a positive integer, not -4 (see train.py --help)\n"
     )
+
+
+@pytest.mark.slow
+def test_ctrl_c_finishes_the_step_writes_a_checkpoint_and_says_how_to_go_on(
+    run_jax, synthetic, tmp_path
+):
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    args = ["--out", str(run), "--iterations", "1000000", "--log-every", "1"]
+    process = run_jax(synthetic, *args, popen=True, text=True,
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.time() + 300
+    while not (run / "metrics.jsonl").exists() or len(logged(run)) < 3:
+        assert time.time() < deadline and process.poll() is None, process.stderr.read()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr
+    stopped = checkpoint(run)["iteration"]
+    command = [sys.executable, str(synthetic / "train.py"), "--no-progress", *args, "--resume"]
+    assert stderr == f"stopped at iteration {stopped}; go on with: {shlex.join(command)}\n"
+    assert logged(run)[-1]["iteration"] <= stopped

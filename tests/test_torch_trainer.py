@@ -171,6 +171,13 @@ def test_missing_or_malformed_data_is_a_clear_error(cifar, tmp_path):
     (root / "data_batch_3").write_bytes(b"not a pickle")
     with pytest.raises(DataError, match="data_batch_3 is not a batch"):
         cifar["data"].load_arrays(root)
+    write_cifar10(root)
+    with open(root / "test_batch", "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": [3, -1]}, f)
+    with pytest.raises(
+        DataError, match="test_batch holds a label -1 \\(at 1\\); the network has 10"
+    ):
+        cifar["data"].load_arrays(root)
 
 
 def test_malformed_idx_is_a_clear_error(fashion, tmp_path):
