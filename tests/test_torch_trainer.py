@@ -231,6 +231,24 @@ def test_per_pixel_mean_is_computed_once_and_cached(cifar, tmp_path):
     assert torch.allclose(d2.train_images, raw, atol=1e-6)
 
 
+def test_a_damaged_mean_cache_is_computed_again_and_an_unwritable_one_is_a_data_error(
+    cifar, tmp_path
+):
+    write_cifar10(tmp_path / "c")
+    cache = tmp_path / "run" / "mean.pt"
+    cache.parent.mkdir()
+    cache.write_bytes(b"cut short")
+    d = cifar["data"].ArrayData(tmp_path / "c", torch.device("cpu"), batch_size=6, mean_cache=cache)
+    assert torch.load(cache)["count"] == 30 and d.train_images.shape == (30, 3, 32, 32)
+    assert [p.name for p in cache.parent.iterdir()] == ["mean.pt"]  # no temporary file left
+    blocked = tmp_path / "file" / "mean.pt"
+    blocked.parent.write_text("a file where the run directory should be")
+    with pytest.raises(cifar["data"].DataError, match=f"^cannot write {blocked}: "):
+        cifar["data"].ArrayData(
+            tmp_path / "c", torch.device("cpu"), batch_size=6, mean_cache=blocked
+        )
+
+
 def test_crop_and_flip_on_known_inputs(cifar):
     data = cifar["data"]
     image = torch.arange(3 * 32 * 32, dtype=torch.float32).reshape(1, 3, 32, 32) + 1

@@ -128,7 +128,7 @@ def data_context(spec: ir.Spec) -> dict:
         elif isinstance(step, ir.HFlip):
             flip = True
     reader, imports = READERS.get(kind, (None, []))
-    imports = sorted(set(imports) | ({"os"} if mean else set()))
+    imports = sorted(set(imports) | ({"os", "tempfile"} if mean else set()))
     folder = folder_context(spec) if kind == "imagefolder" else {}
     return folder | {
         "kind": kind,
