@@ -14,6 +14,7 @@ and go over a batch at a time.
 
 import os
 import pickle
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,35 @@ def check_batch(batch_size: int, shards: int, unit: str, images: int) -> None:
         raise DataError(f"the batch of {batch_size} does not split over {shards} {unit}")
     if batch_size > images:
         raise DataError(f"the batch of {batch_size} is larger than the {images} training images")
+
+
+def read_mean(cache: Path | None, count: int, load):
+    """The mean in `cache` (read by `load`) if it is that of `count` training images, else None;
+    an unreadable cache (cut short, damaged) is computed again."""
+    if cache is None or not cache.is_file():
+        return None
+    try:
+        saved = load(cache)
+        return saved["mean"] if int(saved["count"]) == count else None
+    except Exception:  # a cache, not the data: computed again
+        return None
+
+
+def write_mean(cache: Path, save) -> None:
+    """`save(file)` to a temporary file (one per process: they may write it at once), renamed to
+    `cache`; a failure (a full disk) leaves no temporary file."""
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        handle, partial = tempfile.mkstemp(suffix=".tmp", dir=cache.parent)
+        try:
+            with os.fdopen(handle, "wb") as f:
+                save(f)
+            os.replace(partial, cache)
+        except BaseException:
+            os.unlink(partial)
+            raise
+    except OSError as error:
+        raise DataError(f"cannot write {cache}: {error.strerror}") from None
 
 
 CIFAR_FILES = {
@@ -104,16 +134,12 @@ def to_float(images: np.ndarray) -> torch.Tensor:
 
 def training_mean(images: torch.Tensor, cache: Path | None) -> torch.Tensor:
     """The training split's mean image, computed once and cached in `cache`."""
-    if cache is not None and cache.is_file():
-        saved = torch.load(cache, map_location="cpu")
-        if saved["count"] == len(images):
-            return saved["mean"]
+    saved = read_mean(cache, len(images), lambda path: torch.load(path, map_location="cpu"))
+    if saved is not None:
+        return saved
     mean = images.double().mean(dim=0).float()
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache.with_suffix(f".{os.getpid()}.tmp")  # processes may write it at once
-        torch.save({"mean": mean, "count": len(images)}, partial)
-        os.replace(partial, cache)
+        write_mean(cache, lambda f: torch.save({"mean": mean, "count": len(images)}, f))
     return mean
 
 

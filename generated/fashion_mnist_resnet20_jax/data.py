@@ -16,6 +16,7 @@ import gzip
 import math
 import os
 import struct
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -48,6 +49,35 @@ def check_batch(batch_size: int, shards: int, unit: str, images: int) -> None:
         raise DataError(f"the batch of {batch_size} does not split over {shards} {unit}")
     if batch_size > images:
         raise DataError(f"the batch of {batch_size} is larger than the {images} training images")
+
+
+def read_mean(cache: Path | None, count: int, load):
+    """The mean in `cache` (read by `load`) if it is that of `count` training images, else None;
+    an unreadable cache (cut short, damaged) is computed again."""
+    if cache is None or not cache.is_file():
+        return None
+    try:
+        saved = load(cache)
+        return saved["mean"] if int(saved["count"]) == count else None
+    except Exception:  # a cache, not the data: computed again
+        return None
+
+
+def write_mean(cache: Path, save) -> None:
+    """`save(file)` to a temporary file (one per process: they may write it at once), renamed to
+    `cache`; a failure (a full disk) leaves no temporary file."""
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        handle, partial = tempfile.mkstemp(suffix=".tmp", dir=cache.parent)
+        try:
+            with os.fdopen(handle, "wb") as f:
+                save(f)
+            os.replace(partial, cache)
+        except BaseException:
+            os.unlink(partial)
+            raise
+    except OSError as error:
+        raise DataError(f"cannot write {cache}: {error.strerror}") from None
 
 
 IDX_FILES = {
@@ -124,17 +154,12 @@ def channels_last(images: np.ndarray) -> np.ndarray:
 
 def training_mean(images: np.ndarray, cache: Path | None) -> np.ndarray:
     """The training split's mean image [C, H, W], computed once and cached in `cache`."""
-    if cache is not None and cache.is_file():
-        with np.load(cache) as saved:
-            if saved["count"] == len(images):
-                return saved["mean"]
+    saved = read_mean(cache, len(images), lambda path: dict(np.load(path)))
+    if saved is not None:
+        return saved
     mean = images.mean(axis=0, dtype=np.float64).astype(np.float32)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache.with_suffix(f".{os.getpid()}.tmp")  # processes may write it at once
-        with open(partial, "wb") as f:
-            np.savez(f, mean=mean, count=len(images))
-        os.replace(partial, cache)
+        write_mean(cache, lambda f: np.savez(f, mean=mean, count=len(images)))
     return mean
 
 

@@ -54,6 +54,35 @@ def check_batch(batch_size: int, shards: int, unit: str, images: int) -> None:
         raise DataError(f"the batch of {batch_size} is larger than the {images} training images")
 
 
+def read_mean(cache: Path | None, count: int, load):
+    """The mean in `cache` (read by `load`) if it is that of `count` training images, else None;
+    an unreadable cache (cut short, damaged) is computed again."""
+    if cache is None or not cache.is_file():
+        return None
+    try:
+        saved = load(cache)
+        return saved["mean"] if int(saved["count"]) == count else None
+    except Exception:  # a cache, not the data: computed again
+        return None
+
+
+def write_mean(cache: Path, save) -> None:
+    """`save(file)` to a temporary file (one per process: they may write it at once), renamed to
+    `cache`; a failure (a full disk) leaves no temporary file."""
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        handle, partial = tempfile.mkstemp(suffix=".tmp", dir=cache.parent)
+        try:
+            with os.fdopen(handle, "wb") as f:
+                save(f)
+            os.replace(partial, cache)
+        except BaseException:
+            os.unlink(partial)
+            raise
+    except OSError as error:
+        raise DataError(f"cannot write {cache}: {error.strerror}") from None
+
+
 # Image folders: files, geometry and colour, one image at a time (numpy and PIL only) ---------
 LAYOUT = (
     "ROOT/train/<class>/<image> and ROOT/val/<class>/<image>: one folder per class, the same "
@@ -549,10 +578,9 @@ class FolderData:
     def training_mean(self, cache: Path | None) -> np.ndarray:
         """The training mean image [3, CROP, CROP], computed once and cached in `cache`."""
         paths, labels = self.train
-        if cache is not None and cache.is_file():
-            with np.load(cache) as saved:
-                if saved["count"] == len(paths):
-                    return saved["mean"]
+        saved = read_mean(cache, len(paths), lambda path: dict(np.load(path)))
+        if saved is not None:
+            return saved
         chosen = mean_sample(len(paths))
         images = EvalImages(self.root, paths[chosen], labels[chosen], centre_view, None)
         total = np.zeros((CROP, CROP, 3), dtype=np.float64)
@@ -565,11 +593,7 @@ class FolderData:
             total += views.sum(axis=0, dtype=np.float64)
         mean = (total / len(chosen)).astype(np.float32).transpose(2, 0, 1)
         if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            handle, partial = tempfile.mkstemp(suffix=".tmp", dir=cache.parent)  # one per process
-            with os.fdopen(handle, "wb") as f:
-                np.savez(f, mean=mean, count=len(paths))
-            os.replace(partial, cache)
+            write_mean(cache, lambda f: np.savez(f, mean=mean, count=len(paths)))
         return mean
 
     def state_dict(self) -> dict:

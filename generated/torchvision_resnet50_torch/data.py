@@ -47,6 +47,35 @@ def check_batch(batch_size: int, shards: int, unit: str, images: int) -> None:
         raise DataError(f"the batch of {batch_size} is larger than the {images} training images")
 
 
+def read_mean(cache: Path | None, count: int, load):
+    """The mean in `cache` (read by `load`) if it is that of `count` training images, else None;
+    an unreadable cache (cut short, damaged) is computed again."""
+    if cache is None or not cache.is_file():
+        return None
+    try:
+        saved = load(cache)
+        return saved["mean"] if int(saved["count"]) == count else None
+    except Exception:  # a cache, not the data: computed again
+        return None
+
+
+def write_mean(cache: Path, save) -> None:
+    """`save(file)` to a temporary file (one per process: they may write it at once), renamed to
+    `cache`; a failure (a full disk) leaves no temporary file."""
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        handle, partial = tempfile.mkstemp(suffix=".tmp", dir=cache.parent)
+        try:
+            with os.fdopen(handle, "wb") as f:
+                save(f)
+            os.replace(partial, cache)
+        except BaseException:
+            os.unlink(partial)
+            raise
+    except OSError as error:
+        raise DataError(f"cannot write {cache}: {error.strerror}") from None
+
+
 # Image folders: files, geometry and colour, one image at a time (numpy and PIL only) ---------
 LAYOUT = (
     "ROOT/train/<class>/<image> and ROOT/val/<class>/<image>: one folder per class, the same "
@@ -491,10 +520,9 @@ class FolderData:
     def training_mean(self, cache: Path | None) -> np.ndarray:
         """The training mean image [3, CROP, CROP], computed once and cached in `cache`."""
         paths, labels = self.train
-        if cache is not None and cache.is_file():
-            saved = torch.load(cache, map_location="cpu")
-            if saved["count"] == len(paths):
-                return saved["mean"].numpy()
+        saved = read_mean(cache, len(paths), lambda path: torch.load(path, map_location="cpu"))
+        if saved is not None:
+            return saved.numpy()
         chosen = mean_sample(len(paths))
         images = EvalImages(self.root, paths[chosen], labels[chosen], centre_view, None)
         total = torch.zeros(3, CROP, CROP, dtype=torch.float64)
@@ -503,11 +531,7 @@ class FolderData:
             total += views.double().sum(dim=0)
         mean = (total / len(chosen)).float()
         if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            handle, partial = tempfile.mkstemp(suffix=".tmp", dir=cache.parent)  # one per process
-            with os.fdopen(handle, "wb") as f:
-                torch.save({"mean": mean, "count": len(paths)}, f)
-            os.replace(partial, cache)
+            write_mean(cache, lambda f: torch.save({"mean": mean, "count": len(paths)}, f))
         return mean.numpy()
 
     def state_dict(self) -> dict:
