@@ -319,9 +319,14 @@ def compile_steps(args, mesh: Mesh) -> dict:
 
 
 # Checkpoints --------------------------------------------------------------------------------
-def save_checkpoint(run: runtime.RunDirectory, state: dict) -> None:
-    """`state` (NumPy arrays and Python values) in Flax's msgpack format, with the spec and a
-    checksum (runtime.py), renamed into place."""
+def save_checkpoint(run: runtime.RunDirectory, host: dict, parts: dict, iteration: int, clock: dict,
+                    window: list) -> None:  # fmt: skip
+    """The training state copied to the host (`host`), the state dicts of `parts`, the clock and
+    the log window (so that the log line after a resume is the same) as NumPy arrays and Python
+    values in Flax's msgpack format, with the spec and a checksum (runtime.py)."""
+    state = {"variables": variables_of(host), "opt_state": jax.tree.leaves(host["opt_state"])}
+    state |= {name: part.state_dict() for name, part in parts.items()}
+    state |= {"iteration": iteration, "clock": clock, "log_window": jax.device_get(window)}
     run.save_checkpoint(serialization.msgpack_serialize(state), SPEC)
 
 
@@ -348,6 +353,34 @@ def checked_variables(saved: dict, path: Path) -> dict:
     if not fits:
         raise runtime.RunError(f"{path} does not hold the variables of this network")
     return saved["variables"]
+
+
+def resume(
+    run: runtime.RunDirectory, optimizer, parts: dict, lead: bool
+) -> tuple[dict, dict, dict]:
+    """(variables, optimizer state, the rest of the checkpoint) of the run's checkpoint, `parts`
+    restored; without a checkpoint (stopped before the first), ({}, {}, {}): it starts again."""
+    if not run.checkpoint.exists():
+        if lead:
+            run.resume_at(0)
+        return {}, {}, {}
+    saved = load_checkpoint(run.checkpoint)
+    variables = checked_variables(saved, run.checkpoint)
+    structure = jax.tree.structure(jax.eval_shape(optimizer.init, variables["params"]))
+    for name, part in parts.items():
+        part.load_state_dict(saved[name])
+    if lead:
+        run.resume_at(saved["iteration"])
+    return variables, jax.tree.unflatten(structure, saved["opt_state"]), saved
+
+
+def check_finite(host: dict, window: list, done: int, run: runtime.RunDirectory) -> None:
+    """Stop, keeping the last good checkpoint, rather than write one of a NaN or infinite state."""
+    loss = float(np.sum(jax.device_get(window), axis=0)[0]) if window else 0.0
+    if not math.isfinite(loss):
+        raise runtime.Stopped(f"the training loss is {loss} by iteration {done}", run.checkpoint)
+    if not all(np.isfinite(x).all() for x in jax.tree.leaves(variables_of(host))):
+        raise runtime.Stopped(f"the weights are not finite after iteration {done}", run.checkpoint)
 
 
 # Training -----------------------------------------------------------------------------------
@@ -379,14 +412,9 @@ def main(argv: list[str] | None = None) -> None:
     if not args.eval_only and not run.start(args.resume, lead):
         return  # a finished run: nothing to do
     data = FolderData(
-        args.data,
-        mesh,
-        batch_size=args.batch_size,
-        val_split=args.val_split,
-        seed=args.seed,
-        workers=args.workers,
-        mean_cache=run.path / "mean.npz",
-    )
+        args.data, mesh, batch_size=args.batch_size, val_split=args.val_split, seed=args.seed,
+        workers=args.workers, mean_cache=run.path / "mean.npz",
+    )  # fmt: skip
     steps = compile_steps(args, mesh)
     if args.eval_only:
         variables = replicate(
@@ -400,23 +428,17 @@ def main(argv: list[str] | None = None) -> None:
     total = args.iterations or ITERATIONS
     schedule = Schedule(total, ITERATIONS)
     optimizer = sgd()
-    start, clock, window = 0, None, []  # window: [loss, error] arrays since the last log line
-    if args.resume and run.checkpoint.exists():
-        saved = load_checkpoint(run.checkpoint)
-        variables = checked_variables(saved, run.checkpoint)
-        structure = jax.tree.structure(jax.eval_shape(optimizer.init, variables["params"]))
-        opt_state = jax.tree.unflatten(structure, saved["opt_state"])
-        schedule.load_state_dict(saved["schedule"])
-        data.load_state_dict(saved["data"])
-        start, clock, window = saved["iteration"], saved["clock"], saved["log_window"]
-    else:  # a new run, or one stopped before its first checkpoint: it starts again
+    parts = {"schedule": schedule, "data": data}  # what a checkpoint holds beside the weights
+    variables, opt_state, saved = (
+        resume(run, optimizer, parts, lead) if args.resume else ({}, {}, {})
+    )
+    if not variables:  # a new run
         variables = jit(init_variables, args, static_argnums=0)(args.seed)
         opt_state = optimizer.init(variables["params"])
-    if args.resume and lead:
-        run.resume_at(start)
+    start, window = saved.get("iteration", 0), saved.get("log_window", [])
     state = replicate({**variables, "opt_state": opt_state}, mesh)
 
-    log = runtime.TrainingLog(run, args, total, start, lead=lead, clock=clock)
+    log = runtime.TrainingLog(run, args, total, start, lead=lead, clock=saved.get("clock"))
     signals.armed = True
     for iteration in range(start, total):
         # the learning rate of this iteration
@@ -448,26 +470,10 @@ def main(argv: list[str] | None = None) -> None:
         stop = stop_requested(signals)
         if stop or done % args.checkpoint_every == 0 or done == total:
             with log.paused():
-                loss_now = float(np.sum(jax.device_get(window), axis=0)[0]) if window else 0.0
-                if not math.isfinite(loss_now):
-                    raise runtime.Stopped(
-                        f"the training loss is {loss_now} by iteration {done}", run.checkpoint
-                    )
                 host = jax.device_get(state)
-                if not all(np.isfinite(x).all() for x in jax.tree.leaves(variables_of(host))):
-                    raise runtime.Stopped(
-                        f"the weights are not finite after iteration {done}", run.checkpoint
-                    )
+                check_finite(host, window, done, run)
                 if lead:
-                    save_checkpoint(run, {
-                        "variables": variables_of(host),
-                        "opt_state": jax.tree.leaves(host["opt_state"]),
-                        "schedule": schedule.state_dict(),
-                        "data": data.state_dict(),
-                        "iteration": done,
-                        "clock": log.state(),
-                        "log_window": jax.device_get(window),  # the next log line, after a resume
-                    })  # fmt: skip
+                    save_checkpoint(run, host, parts, done, log.state(), window)
         if stop:
             raise runtime.Interrupted(signals.received or signal.SIGTERM, done)
     signals.armed = False
