@@ -13,7 +13,7 @@ from .. import ir
 from ..analysis import Analysis
 from .jax_model import JaxEmitter, render_model
 from .network_view import model_context as network_model_context
-from .templating import readme_context, render_template
+from .templating import readme_context, render_template, runtime_module
 from .torch_backend import train_context
 from .torch_model import TorchEmitter
 
@@ -58,4 +58,5 @@ def render_package(
         context |= train_context(spec)  # the PyTorch trainer's facts: the same recipe
         files["data.py"] = render_template("jax/data.py.jinja", **context)
         files["train.py"] = render_template("jax/train.py.jinja", **context)
+        files["runtime.py"] = runtime_module(header)
     return files

@@ -42,6 +42,12 @@ def render_template(name: str, **context) -> str:
     return environment().get_template(name).render(version=__version__, **context)
 
 
+def runtime_module(header: str) -> str:
+    """runtime.py of a trainer: templates/common/runtime.py as it is (plain Python that every
+    trainer shares), after the package's header."""
+    return header + (templates_dir() / "common" / "runtime.py").read_text(encoding="utf-8")
+
+
 def readme_context(spec: ir.Spec, analysis: Analysis) -> dict:
     return {"summary_table": table(spec, analysis)}
 
@@ -57,8 +63,8 @@ DATASET_TITLES = {
 READERS = {
     "cifar10": ("common/readers/cifar.py.jinja", ["pickle"]),
     "cifar100": ("common/readers/cifar.py.jinja", ["pickle"]),
-    "mnist": ("common/readers/idx.py.jinja", ["gzip", "math", "struct"]),
-    "fashion_mnist": ("common/readers/idx.py.jinja", ["gzip", "math", "struct"]),
+    "mnist": ("common/readers/idx.py.jinja", ["gzip", "math", "struct", "zlib"]),
+    "fashion_mnist": ("common/readers/idx.py.jinja", ["gzip", "math", "struct", "zlib"]),
     "synthetic": ("common/readers/synthetic.py.jinja", []),
 }
 
@@ -89,7 +95,7 @@ def data_context(spec: ir.Spec) -> dict:
         elif isinstance(step, ir.HFlip):
             flip = True
     reader, imports = READERS.get(kind, (None, []))
-    imports = sorted(set(imports) | ({"os"} if mean else set()))
+    imports = sorted(set(imports) | ({"os", "tempfile"} if mean else set()))
     folder = folder_context(spec) if kind == "imagefolder" else {}
     return folder | {
         "kind": kind,
@@ -169,9 +175,10 @@ def pipeline_description(train: ir.Train, size: int) -> str:
     if train.data.kind == "imagefolder":
         return "JPEG and PNG files are decoded in worker processes."
     return (
-        "Images are scaled to [0, 1] and the whole dataset is kept on the training device, where\n"
+        "Images are scaled to [0, 1]. The training split is kept on the training device, where\n"
         "each batch is drawn and augmented with tensor operations: no loader processes, and on a\n"
-        "GPU no copies from the host."
+        "GPU no training images copied from the host. The evaluation splits stay on the host\n"
+        "and go over a batch at a time."
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from .. import ir
 from ..analysis import Analysis
 from .network_view import model_context
-from .templating import data_context, readme_context, recipe_lines, render_template
+from .templating import data_context, readme_context, recipe_lines, render_template, runtime_module
 from .torch_model import TorchEmitter, render_model
 
 
@@ -26,6 +26,7 @@ def render_package(
         context |= train_context(spec)
         files["data.py"] = render_template("torch/data.py.jinja", **context)
         files["train.py"] = render_template("torch/train.py.jinja", **context)
+        files["runtime.py"] = runtime_module(header)
     return files
 
 
