@@ -13,6 +13,7 @@ MAX_MAGNITUDE = 1e15  # any value, written or computed
 MAX_WHOLE = 10**9  # counts, widths, classes, iterations, ...
 MAX_BATCH = 1 << 20  # images in one batch
 MAX_OPERATORS = 200  # + - * / ( in one statement: keeps expression trees shallow
+MAX_NESTING = 32  # { } inside each other (definitions' `if`s and groups)
 MAX_LAYERS = 100_000  # of a network
 MAX_PARAMS = 10_000_000_000  # of a network
 

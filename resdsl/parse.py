@@ -16,7 +16,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from . import syntax as s
 from .diagnostics import MAX_SHOWN, Report, Span, did_you_mean, remember_source
-from .limits import MAX_MAGNITUDE, MAX_NUMBER_DIGITS, MAX_OPERATORS
+from .limits import MAX_MAGNITUDE, MAX_NESTING, MAX_NUMBER_DIGITS, MAX_OPERATORS
 
 GRAMMAR = Path(__file__).with_name("grammar.lark")
 
@@ -583,8 +583,17 @@ class _ToSyntax(Transformer):
 def _too_complex(text: str, path: str, report: Report) -> bool:
     """Refuse lines whose expressions nest deeper than the parser's tree can be walked."""
     found = False
+    depth = 0
     for number, line in enumerate(text.split("\n"), start=1):
         code = line.split("#", 1)[0]
+        depth += code.count("{") - code.count("}")
+        if depth > MAX_NESTING:
+            report.error(
+                f"blocks nest {depth} deep here; resdsl takes at most {MAX_NESTING}",
+                Span(path, number, 1, number, 2),
+                "flatten the `if`s: a condition may join comparisons with `and` and `or`",
+            )
+            return True
         operators = sum(code.count(c) for c in "+-*/(")
         if operators > MAX_OPERATORS:
             report.error(

@@ -124,6 +124,12 @@ def test_hostile_numbers_and_expressions_are_located_errors(tmp_path, replace, b
     assert message in rendered(write(tmp_path, "n.res", text))
 
 
+def test_deeply_nested_definitions_are_refused(tmp_path):
+    body = "    if true_ == 1 {\n" * 400 + "    }\n" * 400
+    text = f"block deep(planes, stride = 1) {{\n{body}}}\n" + RESNET20
+    assert "blocks nest 33 deep" in rendered(write(tmp_path, "deep.res", text))
+
+
 def test_exponential_parameters_stop_at_the_bound(tmp_path):
     lines = ["param q0 = 2"] + [f"param q{i} = q{i - 1} * q{i - 1}" for i in range(1, 27)]
     text = "\n".join(lines) + "\n" + RESNET20.replace("classes  10", "classes  q26")

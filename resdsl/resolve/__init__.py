@@ -123,8 +123,8 @@ class Loader:
     def chain(self, path: Path) -> list[s.SpecFile]:
         """The spec and the specs it extends, base first.
 
-        `extends` reaches only `.res` files inside the spec's tree: the working directory when
-        the spec lies inside it, else the spec's own directory."""
+        `extends` reaches only `.res` files inside the spec's tree (the working directory when
+        the spec lies inside it, else the spec's own directory) or the working directory's."""
         files: list[s.SpecFile] = []
         seen: list[Path] = []
         root = spec_root(path)
@@ -171,9 +171,10 @@ class Loader:
                 'write the path of a spec, such as "../resnet50.res"',
             )
             return False
-        if not target.is_relative_to(root):
+        if not (target.is_relative_to(root) or target.is_relative_to(Path.cwd().resolve())):
             self.report.error(
-                f"`extends` refuses {extends.value!r}: it lies outside the spec's tree ({root})",
+                f"`extends` refuses {extends.value!r}: it lies outside the spec's tree ({root}) "
+                "and the working directory's",
                 extends.span,
                 "extend a spec in the same directory tree, or run resdsl from a directory "
                 "that holds both",
