@@ -9,7 +9,8 @@ comment stays where it was written. It lays a file out as the library is laid ou
   `stage NAME: COUNT x WIDTH` keeps single spaces;
 - in a definition's body (and the `if`, `after`, `before` and group bodies inside it), the kinds
   of the layers start in one column, one space past the longest `label:` of that body; unnamed
-  layers, `add shortcut` and `branch` stand in that column too;
+  layers, `add shortcut` and `branch` stand in that column too (in an `if` or `else` body
+  without labels, in the column of the body around it, when that lies further right);
 - one space between words and around operators, `=` and `x`; none before `,`, `:` and `)`, none
   after `(` and a unary `-`, one after `,` and `:`;
 - a line continued after a comma goes on under the statement's first argument (a layer's kind,
@@ -30,7 +31,6 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-
 from typing import Annotated
 
 import typer
@@ -101,6 +101,9 @@ class _Stmt:
 @dataclass
 class _Body:
     kind: str  # "top", "keyword" (network, train) or "def"
+    depth: int = 0
+    parent: int = 0
+    branch: bool = False  # the body of an `if` or its `else`
     column: int = 0  # the column the aligned part starts at, relative to the indentation
     comment_column: int = COMMENT_COLUMN
     stmts: list[_Stmt] = field(default_factory=list)
@@ -189,7 +192,8 @@ def _assign_bodies(stmts: list[_Stmt]) -> list[_Body]:
                 kind = "keyword"
             else:
                 kind = "def"
-            bodies.append(_Body(kind))
+            branch = tokens[0].text == "if" or (len(tokens) > 1 and tokens[1].text == "else")
+            bodies.append(_Body(kind, stmt.depth + 1, stmt.body, branch))
             stack.append(len(bodies) - 1)
     return bodies
 
@@ -276,7 +280,11 @@ def _lay_out(bodies: list[_Body], stmts: list[_Stmt]) -> list[tuple[int, str, st
             body.column = max(len(t[0].text) for t in aligned) + 1
         elif body.kind == "def":
             labels = [len(t[0].text) + 1 for t in aligned if _labelled(t)]
-            body.column = max(labels) + 1 if labels else 0
+            if labels:
+                body.column = max(labels) + 1
+            elif body.branch and bodies[body.parent].kind == "def":  # under the outer kinds
+                outer = bodies[body.parent]
+                body.column = max(0, INDENT * (outer.depth - body.depth) + outer.column)
     lines: list[tuple[int, str, str | None]] = []
     first_in_body = True
     for stmt in stmts:
@@ -374,7 +382,9 @@ def write_atomically(path: Path, text: str) -> None:
     """Replace the file's contents at once: a temporary file beside it, then `os.replace`."""
     target = path.resolve()
     mode = target.stat().st_mode & 0o7777
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    handle, temporary = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
+    )
     try:
         with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as file:
             file.write(text)
@@ -397,7 +407,9 @@ EPILOG = (
 def fmt(
     files: Annotated[
         list[Path],
-        typer.Argument(metavar="FILE...", help="Spec files to format in place.", show_default=False),
+        typer.Argument(
+            metavar="FILE...", help="Spec files to format in place.", show_default=False
+        ),
     ],
     check: Annotated[
         bool,
