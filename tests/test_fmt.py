@@ -333,3 +333,13 @@ def test_fmt_imports_neither_torch_nor_jax():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_new_writes_formatted_specs(tmp_path, capsys):
+    shutil.copytree(ROOT / "specs", tmp_path / "specs")
+    os.chdir(tmp_path)
+    bases = ["specs/cifar/resnet20.res", "specs/resnet50.res", "specs/variants/resnet50_d.res"]
+    for i, base in enumerate(bases):
+        assert run_cli(["new", f"specs/new{i}.res", "--from", base], capsys)[0] == 0
+    code, out, _ = run_cli(["fmt", "--check", *(f"specs/new{i}.res" for i in range(3))], capsys)
+    assert (code, out) == (0, "")
