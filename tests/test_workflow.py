@@ -203,7 +203,7 @@ def test_new_named_stages_are_overrides(library_copy, capsys):
     file = tmp_path / "r34.res"
     assert run_cli(["new", str(file), "--from", "specs/resnet34.res"], capsys)[0] == 0
     text = file.read_text()
-    assert "    # stage conv4_x: 6 x 256, stride 2   # 14x14" in text
+    assert "    # stage conv4_x: 6 x 256, stride 2    # 14x14" in text
     file.write_text(text.replace("# stage conv4_x: 6 x 256", "stage conv4_x: 23 x 256"))
     spec, analysis = load_spec(file)
     assert analysis.depth == 34 + 2 * 17 and spec.network.stages[2].blocks == 23
