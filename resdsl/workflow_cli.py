@@ -39,6 +39,7 @@ def register(app: typer.Typer) -> None:
     """Add plot, runs, list and new to the command line."""
     for command in (plot, runs_, list_, new):
         app.command(**COMMANDS[command.__name__])(command)
+    __import__("resdsl.show").show.register(app)  # show: the table, or the picture
 
 
 COMMANDS: dict[str, dict] = {}
