@@ -171,3 +171,13 @@ def test_the_table_imports_no_matplotlib():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert "HEAVY []" in result.stderr
+
+
+def test_the_readme_shows_what_show_prints(capsys):
+    readme = (ROOT / "README.md").read_text()
+    _, out, _ = run_cli(["show", "specs/cifar/resnet20.res"], capsys)
+    assert f"$ .venv/bin/resdsl show specs/cifar/resnet20.res\n{out}```" in readme
+    figure_ = ROOT / "docs/figures/resnet34.png"
+    assert "docs/figures/resnet34.png" in readme
+    data = figure_.read_bytes()
+    assert data.startswith(b"\x89PNG") and 10_000 < len(data) < 200_000
