@@ -16,6 +16,7 @@ imported only when a picture is drawn.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,12 +138,31 @@ class Run:
         return self.blocks[0]
 
 
+_DROP = re.compile(r"drop path [0-9.e-]+")  # blocks differing only in this rate fold
+
+
+def _drop_range(run: Run) -> str | None:
+    """`drop path 0.00926-0.167` for a run of blocks with rising stochastic-depth rates."""
+    rates = [
+        layer.args["p"] for b in run.blocks for layer in b.layers() if layer.kind == "drop_path"
+    ]
+    if len(set(rates)) < 2:
+        return None
+    return f"drop path {rates[0]:.3g}-{rates[-1]:.3g}"
+
+
+def run_text(run: Run) -> str:
+    text = block_text(run.block)
+    drop = _drop_range(run)
+    return _DROP.sub(drop, text, count=1) if drop else text
+
+
 def _same(a: Block, b: Block) -> bool:
     return a is b or (
         a.definition == b.definition
         and a.inp == b.inp
         and a.out == b.out
-        and block_text(a) == block_text(b)
+        and _DROP.sub("drop path", block_text(a)) == _DROP.sub("drop path", block_text(b))
         and block_shortcut(a) == block_shortcut(b)
         and cost(a.layers()) == cost(b.layers())
     )
@@ -180,7 +200,7 @@ def table(spec, analysis: Analysis, layers: bool = False) -> str:
             attr = lowered.stages[run.stage].attr
             if len(run.blocks) > 1 and not folded:
                 folded = run.label(attr)
-            _layer_rows(rows, run.label(attr), run.block, len(run.blocks))
+            _layer_rows(rows, run.label(attr), run.block, len(run.blocks), _drop_range(run))
         for layer in lowered.head:
             rows.append((layer.name or "head", short(layer), shape_text(layer.out),
                          _count(layer.params)))  # fmt: skip
@@ -197,7 +217,7 @@ def table(spec, analysis: Analysis, layers: bool = False) -> str:
                 folded = folded or label
                 label += f" (x{len(run.blocks)})"
             params = sum(_params(b.layers()) for b in run.blocks)
-            rows.append((label, block_text(run.block), block_shortcut(run.block),
+            rows.append((label, run_text(run), block_shortcut(run.block),
                          shape_text(run.block.out), f"{params:,}"))  # fmt: skip
         head = lowered.head
         rows.append(("head", ", ".join(short(layer) for layer in head), "",
@@ -214,9 +234,11 @@ def table(spec, analysis: Analysis, layers: bool = False) -> str:
     lines = [title, "", line(header), *map(line, rows)]
     lines += ["-" * max(len(x) for x in lines[2:]), line(total)]
     if folded:
+        ranged = any("drop path" in r[1] and "-" in r[1].split("drop path")[1] for r in rows)
         lines.append(
             f"({folded} and the like: identical consecutive blocks shown once; "
-            "their params count them all)"
+            "their params count them all"
+            + ("; a drop path range spans their rates)" if ranged else ")")
         )
     return "\n".join(lines)
 
@@ -225,9 +247,10 @@ def _count(params: int) -> str:
     return f"{params:,}" if params else ""
 
 
-def _layer_rows(rows: list, label: str, block: Block, times: int) -> None:
+def _layer_rows(rows: list, label: str, block: Block, times: int, drop: str | None = None):
     def emit(name: str, layer: Layer) -> None:
-        rows.append((name, short(layer), shape_text(layer.out), _count(layer.params * times)))
+        kind = drop if drop and layer.kind == "drop_path" else short(layer)
+        rows.append((name, kind, shape_text(layer.out), _count(layer.params * times)))
 
     for item in block.items:
         if isinstance(item, Layer):

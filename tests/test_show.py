@@ -60,6 +60,7 @@ SPECS = [
     "specs/variants/resnet50_d.res",
     "specs/torchvision/resnext50_32x4d.res",
     "specs/plain34.res",
+    "specs/cifar/resnet110_stochastic_depth.res",
 ]
 
 
@@ -181,3 +182,12 @@ def test_the_readme_shows_what_show_prints(capsys):
     assert "docs/figures/resnet34.png" in readme
     data = figure_.read_bytes()
     assert data.startswith(b"\x89PNG") and 10_000 < len(data) < 200_000
+
+
+def test_blocks_differing_only_in_their_drop_path_rate_fold(capsys):
+    code, out, err = run_cli(["show", "specs/cifar/resnet110_stochastic_depth.res"], capsys)
+    assert code == 0, err
+    table_ = rows(out)
+    assert table_["layer1.0-17 (x18)"][0].endswith("drop path 0.00926-0.167, add, ReLU")
+    assert table_["layer2.0"][0].endswith("drop path 0.176, add, ReLU")
+    assert len(out.splitlines()) == 13 and "a drop path range spans their rates" in out
