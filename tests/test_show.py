@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
+from resdsl.architecture import figure, table
 from resdsl.frontend import load_spec
-from resdsl.show import figure, table
 from tests.helpers import ROOT, run_cli
 
 
@@ -191,3 +191,14 @@ def test_blocks_differing_only_in_their_drop_path_rate_fold(capsys):
     assert table_["layer1.0-17 (x18)"][0].endswith("drop path 0.00926-0.167, add, ReLU")
     assert table_["layer2.0"][0].endswith("drop path 0.176, add, ReLU")
     assert len(out.splitlines()) == 13 and "a drop path range spans their rates" in out
+
+
+def test_registering_show_imports_neither_the_front_end_nor_the_drawing():
+    code = (
+        "import sys\nimport resdsl.cli\n"
+        "print(sorted(m for m in sys.modules if m in ('resdsl.architecture', 'resdsl.analysis')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
