@@ -60,6 +60,11 @@ def show(
             f"{output.as_posix()}: the picture's name must end in .png or .svg",
             hint="e.g. -o resnet34.png",
         )]))  # fmt: skip
+    if output is not None and layers:
+        _fail(Report([Diagnostic(
+            "--layers is for the table, and -o draws the picture: give one of them",
+            hint="the picture has a box per layer up to 60 layers, per block beyond",
+        )]))  # fmt: skip
     try:
         spec, analysis = load_spec(file, set_ or [])
     except SpecError as error:

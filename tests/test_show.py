@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -145,6 +146,8 @@ def test_refusals_are_one_line_diagnostics(tmp_path, capsys):
     (tmp_path / "dir.png").mkdir()
     code, _, err = run_cli(["show", "specs/resnet34.res", "-o", str(tmp_path / "dir.png")], capsys)
     assert code == 1 and "cannot write it" in err and "Traceback" not in err
+    code, _, err = run_cli(["show", "specs/resnet34.res", "--layers", "-o", "x.png"], capsys)
+    assert code == 1 and "--layers is for the table" in err and not Path("x.png").exists()
     code, _, err = run_cli(["show", str(tmp_path / "missing.res")], capsys)
     assert code == 1 and "error:" in err and "Traceback" not in err
     bad = tmp_path / "bad.res"
