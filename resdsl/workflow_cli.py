@@ -40,8 +40,10 @@ def register(app: typer.Typer) -> None:
     for command in (plot, runs_, list_, new):
         app.command(**COMMANDS[command.__name__])(command)
     from .fmt import EPILOG, fmt
+    from .show import register as register_show
 
     app.command(epilog=EPILOG)(fmt)
+    register_show(app)  # show: the table, or the picture
 
 
 COMMANDS: dict[str, dict] = {}
