@@ -30,6 +30,12 @@ def remember_source(path: str, text: str) -> None:
     _LINES.pop(path, None)
 
 
+def forget_sources() -> None:
+    """Drop the texts kept for excerpts (a long-running process that checks many files)."""
+    _SOURCES.clear()
+    _LINES.clear()
+
+
 def display_path(path: Path) -> str:
     """The path as a user wants to read it: relative to the working directory when inside it."""
     try:

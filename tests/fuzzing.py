@@ -112,8 +112,10 @@ def prepare(directory: Path) -> None:
 
 def run_one(path: Path) -> Outcome:
     """Check one file in this process, as `resdsl check` does."""
+    from resdsl.diagnostics import forget_sources
     from resdsl.frontend import check
 
+    forget_sources()  # what earlier inputs kept for their excerpts
     start = time.perf_counter()
     try:
         report = check(path)
