@@ -88,6 +88,20 @@ def kill_at_checkpoint(
     raise AssertionError("the run never reached the checkpoint to be killed at")
 
 
+def last_logged(run: Path) -> int:
+    """The iteration of a running training's last complete line in metrics.jsonl (0: none)."""
+    try:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    for line in reversed(lines):
+        try:
+            return json.loads(line)["iteration"]
+        except ValueError:  # being written
+            continue
+    return 0
+
+
 def logged(run: Path) -> list[dict]:
     """metrics.jsonl without the throughput, which differs from run to run."""
     lines = (run / "metrics.jsonl").read_text().splitlines()

@@ -21,7 +21,7 @@ import pytest
 
 from resdsl.compile import compile_spec
 from resdsl.frontend import load_spec
-from tests.helpers import ROOT, kill_at_checkpoint, logged, runtime, torch_checkpoint
+from tests.helpers import ROOT, kill_at_checkpoint, last_logged, logged, runtime, torch_checkpoint
 
 torch = pytest.importorskip("torch")
 
@@ -749,7 +749,7 @@ def test_a_signal_finishes_the_step_writes_a_checkpoint_and_says_how_to_go_on(
         process = subprocess.Popen(command, cwd=fashion.parent, text=True,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
         deadline = time.time() + 300
-        while not (run / "metrics.jsonl").exists() or logged(run)[-1]["iteration"] < after:
+        while last_logged(run) < after:
             assert time.time() < deadline and process.poll() is None, process.stderr.read()
             time.sleep(0.05)
         if signum == signal.SIGINT:  # meanwhile, a second run on the same directory

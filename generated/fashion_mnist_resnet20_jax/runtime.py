@@ -43,11 +43,12 @@ class Stopped(RunError):
 
 
 class Interrupted(Exception):
-    """SIGINT or SIGTERM: `iteration` is that of the checkpoint written, None before training."""
+    """SIGINT or SIGTERM: `iteration` is that of the checkpoint written, None before training;
+    the lead process alone says how to go on."""
 
-    def __init__(self, signum: int, iteration: int | None = None) -> None:
+    def __init__(self, signum: int, iteration: int | None = None, lead: bool = True) -> None:
         super().__init__(signal.Signals(signum).name)
-        self.signum, self.iteration = signum, iteration
+        self.signum, self.iteration, self.lead = signum, iteration, lead
 
 
 # The command line ---------------------------------------------------------------------------
@@ -129,8 +130,13 @@ def parse(p: Parser, argv: list[str] | None) -> argparse.Namespace:
 
 
 def resume_command() -> str:
-    """The command that started this process, with --resume: how to go on after a stop."""
+    """The command that started this process (under torchrun, torchrun's), with --resume: how to
+    go on after a stop."""
     words = list(sys.orig_argv)
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # a worker: its parent is the torchrun command
+        with contextlib.suppress(OSError):
+            parent = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode()
+            words = parent.rstrip("\0").split("\0")
     return shlex.join(words if "--resume" in words else [*words, "--resume"])
 
 
@@ -354,15 +360,11 @@ def main_guard(main: Callable[[], None], errors: tuple[type[Exception], ...] = (
         main()
     except Interrupted as stop:
         if stop.iteration is None:
-            print(
-                f"stopped by {stop}; the checkpoint, if any, is the last one written",
-                file=sys.stderr,
-            )
+            message = f"stopped by {stop}; the checkpoint, if any, is the last one written"
         else:
-            print(
-                f"stopped at iteration {stop.iteration}; go on with: {resume_command()}",
-                file=sys.stderr,
-            )
+            message = f"stopped at iteration {stop.iteration}; go on with: {resume_command()}"
+        if stop.lead:
+            print(message, file=sys.stderr)
         sys.exit(128 + stop.signum)
     except (RunError, *errors) as error:
         sys.exit(f"error: {error}")

@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
                 if rank == 0:
                     save_checkpoint(run, model, parts, done, log.state(), window)
         if stop:
-            raise runtime.Interrupted(signals.received or signal.SIGTERM, done)
+            raise runtime.Interrupted(signals.received or signal.SIGTERM, done, lead=rank == 0)
     signals.armed = False
 
     # evaluate: the held-out split (if any) and the test split, by every protocol of the spec

@@ -475,7 +475,7 @@ def main(argv: list[str] | None = None) -> None:
                 if lead:
                     save_checkpoint(run, host, parts, done, log.state(), window)
         if stop:
-            raise runtime.Interrupted(signals.received or signal.SIGTERM, done)
+            raise runtime.Interrupted(signals.received or signal.SIGTERM, done, lead)
     signals.armed = False
 
     # evaluate: the held-out split (if any) and the test split, by every protocol of the spec
