@@ -17,10 +17,17 @@ from typing import NamedTuple
 
 # Text of every file read so far, so that a diagnostic can show its source line.
 _SOURCES: dict[str, str] = {}
+_LINES: dict[str, list[str]] = {}  # the same, split once
+
+# At most this many diagnostics are printed (the first, in file order); the count of the rest
+# follows. A source line is shown in a window of this many characters around the fault.
+MAX_SHOWN = 50
+EXCERPT_WIDTH = 120
 
 
 def remember_source(path: str, text: str) -> None:
     _SOURCES[path] = text
+    _LINES.pop(path, None)
 
 
 def display_path(path: Path) -> str:
@@ -66,17 +73,25 @@ class Diagnostic(NamedTuple):
 
 
 def _excerpt(span: Span) -> list[str]:
-    text = _SOURCES.get(span.path)
-    if text is None:
-        return []
-    source_lines = text.splitlines()
+    if span.path not in _LINES:
+        text = _SOURCES.get(span.path)
+        if text is None:
+            return []
+        _LINES[span.path] = text.splitlines()
+    source_lines = _LINES[span.path]
     if not 1 <= span.line <= len(source_lines):
         return []
-    line = source_lines[span.line - 1].expandtabs(1)
+    line = source_lines[span.line - 1].expandtabs(1).rstrip()
+    line = "".join(c if c.isprintable() else "?" for c in line)
     start = max(span.column - 1, 0)
-    end = span.end_column - 1 if span.end_line == span.line else len(line.rstrip())
+    end = span.end_column - 1 if span.end_line == span.line else len(line)
     width = max(1, min(end, max(len(line), start + 1)) - start)
-    return ["    " + line.rstrip(), "    " + " " * start + "^" * width]
+    if len(line) > EXCERPT_WIDTH:  # a very long line: a window around the fault
+        left = max(0, min(start - EXCERPT_WIDTH // 3, len(line) - EXCERPT_WIDTH))
+        line = line[left : left + EXCERPT_WIDTH]
+        start -= left
+        width = max(1, min(width, len(line) - start))
+    return ["    " + line, "    " + " " * start + "^" * width]
 
 
 @dataclass
@@ -84,10 +99,17 @@ class Report:
     """Diagnostics collected while reading, resolving and checking specs."""
 
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    _seen: set = field(default_factory=set, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._seen.update(self.diagnostics)
 
     def error(self, message: str, span: Span | None = None, hint: str | None = None) -> None:
-        diagnostic = Diagnostic(message, span, hint)
-        if diagnostic not in self.diagnostics:
+        self.add(Diagnostic(message, span, hint))
+
+    def add(self, diagnostic: Diagnostic) -> None:
+        if diagnostic not in self._seen:
+            self._seen.add(diagnostic)
             self.diagnostics.append(diagnostic)
 
     @property
@@ -96,12 +118,25 @@ class Report:
 
     def extend(self, other: Report) -> None:
         for d in other.diagnostics:
-            if d not in self.diagnostics:
-                self.diagnostics.append(d)
+            self.add(d)
 
-    def render(self) -> str:
+    def render(self, limit: int | None = MAX_SHOWN) -> str:
+        """Every diagnostic, in file order; of each file, the first `limit` and a count."""
         ordered = sorted(self.diagnostics, key=Diagnostic.sort_key)
-        return "\n".join(d.render() for d in ordered)
+        lines: list[str] = []
+        shown: dict[str, int] = {}
+        for d in ordered:
+            path = d.span.path if d.span else ""
+            shown[path] = shown.get(path, 0) + 1
+            if limit is None or shown[path] <= limit:
+                lines.append(d.render())
+            elif shown[path] == limit + 1:
+                rest = sum(1 for e in ordered if (e.span.path if e.span else "") == path) - limit
+                where = f" in {path}" if path else ""
+                lines.append(
+                    f"... and {rest} more error{'s' * (rest != 1)}{where} (fix these first)"
+                )
+        return "\n".join(lines)
 
 
 class SpecError(Exception):

@@ -14,7 +14,7 @@ def load_spec(path: str | Path, sets: list[str] | tuple[str, ...] = ()) -> tuple
     """The resolved spec and its analysis; raises `SpecError` with all diagnostics."""
     report = Report()
     spec = load(path, sets, report)
-    analysis = analyse(spec.network, report) if spec is not None else None
+    analysis = analyse(spec, report) if spec is not None else None
     if spec is None or analysis is None or report.failed:
         raise SpecError(report)
     return spec, analysis

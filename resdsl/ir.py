@@ -12,9 +12,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
 
-StemKind = Literal["imagenet", "cifar", "deep"]
-BlockKind = Literal["basic", "bottleneck"]
-ShortcutKind = Literal["A", "B", "C", "D", "none"]
 DatasetKind = Literal["cifar10", "cifar100", "mnist", "fashion_mnist", "imagefolder", "synthetic"]
 
 Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -35,13 +32,20 @@ class Node(BaseModel):
         return all(
             getattr(self, name) == getattr(other, name)
             for name in type(self).model_fields
-            if name != "span"
+            if name not in _NOT_COMPARED
         )
 
     def __hash__(self) -> int:
         return hash(
-            tuple(_hashable(getattr(self, n)) for n in type(self).model_fields if n != "span")
+            tuple(
+                _hashable(getattr(self, n))
+                for n in type(self).model_fields
+                if n not in _NOT_COMPARED
+            )
         )
+
+
+_NOT_COMPARED = {"span", "definitions"}
 
 
 def _hashable(value: Any) -> Any:
@@ -51,48 +55,26 @@ def _hashable(value: Any) -> Any:
 # --- network -------------------------------------------------------------------------------
 
 
-class Stem(Node):
-    """imagenet: 7x7/2 conv, BN, ReLU, 3x3/2 max pool.  cifar: 3x3 conv.
-    deep: three 3x3 convs (the first stride 2; widths width/2, width/2, width), 3x3/2 max pool."""
+class Call(Node):
+    """A block or stem chosen by name (defined in the prelude or a spec), with the options
+    written after it: `block bottleneck, groups 32` has the name `bottleneck` and the arguments
+    {groups: 32}.
+    Values are numbers, words (`inverted`) or kernel sizes (`(3, 3)`)."""
 
-    kind: StemKind
-    width: PositiveInt
-
-
-class Block(Node):
-    """A residual block's layers. `expansion` is 1 for basic blocks, 4 by default for bottlenecks;
-    a bottleneck's 3x3 has int(width * width_per_group / 64) * groups channels (as torchvision)."""
-
-    kind: BlockKind
-    preact: bool = False
-    expansion: PositiveInt = 1
-    groups: PositiveInt = 1
-    width_per_group: PositiveInt = 64
-    stride_at: Literal["1x1", "3x3"] = "1x1"  # the paper; torchvision ("v1.5") puts it on the 3x3
-
-    @model_validator(mode="after")
-    def _basic_has_no_bottleneck_options(self) -> Block:
-        if self.kind == "basic" and (self.expansion != 1 or self.width_per_group != 64):
-            raise ValueError("expansion and width_per_group apply to bottleneck blocks only")
-        return self
-
-    def inner_width(self, planes: int) -> int:
-        if self.kind == "basic":
-            return planes
-        return int(planes * (self.width_per_group / 64.0)) * self.groups
+    name: str
+    args: dict[str, Any] = {}
 
 
 class Stage(Node):
     name: str
     blocks: PositiveInt
-    width: PositiveInt  # "planes": a stage's output has width * expansion channels
+    width: PositiveInt  # "planes": a block's output has width * expansion channels
     stride: PositiveInt = 1
-    shortcut: ShortcutKind
-    block: Block
-
-    @property
-    def out_channels(self) -> int:
-        return self.width * self.block.expansion
+    # dilation of the stage's blocks (the first keeps the previous stage's, as torchvision's
+    # replace_stride_with_dilation)
+    dilation: PositiveInt = 1
+    shortcut: str  # a shortcut's name, or "none"
+    block: Call
 
     @property
     def title(self) -> str:
@@ -124,25 +106,13 @@ class Network(Node):
     name: str
     input: tuple[PositiveInt, PositiveInt, PositiveInt]  # C, H, W
     classes: PositiveInt
-    stem: Stem
+    stem: Call
     stages: tuple[Stage, ...] = Field(min_length=1)
     init: Init = Init()
     batchnorm: BatchNorm = BatchNorm()
     head: Head = Head()
-
-    @model_validator(mode="after")
-    def _one_block_family(self) -> Network:
-        if len({stage.block.preact for stage in self.stages}) > 1:
-            raise ValueError("pre-activation and post-activation blocks cannot be mixed")
-        return self
-
-    @property
-    def preact(self) -> bool:
-        return self.stages[0].block.preact
-
-    @property
-    def features(self) -> int:
-        return self.stages[-1].out_channels
+    # stochastic depth: block l of L drops its residual branch with probability drop_path * l / L
+    drop_path: Probability = 0.0
 
 
 # --- training ------------------------------------------------------------------------------
@@ -341,3 +311,5 @@ class Spec(Node):
     train: Train | None
     params: dict[str, int | float] = {}
     files: tuple[str, ...] = ()  # every file read: the spec, the specs it extends, recipes
+    # the blocks, stems and shortcuts it can use (`definitions.Definitions`), read by `lower`
+    definitions: Any = Field(default=None, exclude=True, repr=False)

@@ -8,24 +8,28 @@ broken line.
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 
 from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from . import syntax as s
-from .diagnostics import Report, Span, did_you_mean, remember_source
+from .diagnostics import MAX_SHOWN, Report, Span, did_you_mean, remember_source
+from .limits import MAX_MAGNITUDE, MAX_NESTING, MAX_NUMBER_DIGITS, MAX_OPERATORS
 
 GRAMMAR = Path(__file__).with_name("grammar.lark")
 
+
 NETWORK_STATEMENTS = (
     "input", "classes", "stem", "block", "shortcut", "stage", "init", "batchnorm", "head",
+    "drop_path",
 )  # fmt: skip
 TRAIN_STATEMENTS = (
     "data", "preprocess", "augment", "optimizer", "batch", "schedule", "warmup", "length",
     "eval", "val_split", "validate",
 )  # fmt: skip
-TOP_STATEMENTS = ("param", "network", "train")
+TOP_STATEMENTS = ("param", "network", "train", "block", "stem", "shortcut")
 
 # How the parser's terminals read in a message.
 _TERMINAL_WORDS = {
@@ -38,6 +42,7 @@ _TERMINAL_WORDS = {
     "RANGE": "a range such as 256..480",
     "_NL": "the end of the line",
     "_COMMA": "`,`",
+    "COMPARE": "a comparison (==, !=, <, >, <=, >=)",
     "$END": "the end of the file",
 }
 
@@ -82,7 +87,7 @@ def _describe_expected(expected: set[str]) -> str:
         expected -= {"INT", "FLOAT"}
         expected.add("a number")
     if len(expected) > 1:  # more arithmetic is rarely what was meant
-        expected -= {"PLUS", "MINUS", "STAR"}
+        expected -= {"PLUS", "MINUS", "STAR", "SLASH", "__ANON_0", "IF", "COMPARE"}
     words = sorted({t if " " in t else describe_terminal(t) for t in expected})
     if len(words) > 8:
         return "a statement"
@@ -156,7 +161,7 @@ def _message_for_token(
             None,
         )
     if statements and token.type == "NAME":
-        if set(statements) & set(TOP_STATEMENTS) and not set(statements) & set(NETWORK_STATEMENTS):
+        if "network" in statements:
             where = "at the top level"
         elif set(statements) & set(NETWORK_STATEMENTS):
             where = "in a network"
@@ -181,19 +186,24 @@ def _message_for_token(
 
 
 def _after_trailing_comma(text: str, token: Token) -> bool:
-    """Does a comma end the line before this token (so the statement ran on into it)?"""
+    """Does a comma end the line before this token (so the statement ran on into it)?
+
+    Looks back from the token over blank and comment lines only, so that a file of many broken
+    lines costs linear time."""
     position = token.start_pos
     if position is None:
         return False
-    before = text[:position].rstrip()
-    lines = before.splitlines()
-    while lines and lines[-1].strip().startswith("#"):
-        lines.pop()
-    return (
-        bool(lines)
-        and lines[-1].split("#")[0].rstrip().endswith(",")
-        and "\n" in text[len("\n".join(lines)) : position]
-    )
+    line_start = text.rfind("\n", 0, position) + 1
+    if text[line_start:position].strip():
+        return False  # the token is not the first of its line
+    end = line_start - 1
+    while end > 0:
+        start = text.rfind("\n", 0, end) + 1
+        line = text[start:end].split("#")[0].rstrip()
+        if line.strip():
+            return line.endswith(",")
+        end = start - 1
+    return False
 
 
 class _Recovery:
@@ -235,8 +245,8 @@ class _Recovery:
         hint = None
         if char == "'":
             hint = 'paths are written in double quotes: "path/to/file"'
-        elif char in "/.":
-            hint = "only +, - and * are allowed in numbers and widths"
+        elif char in ".%^":
+            hint = "only +, -, *, / and // are allowed in numbers and widths"
         self.report.error(f"unexpected character `{char}`", span, hint)
 
     def _record_token(self, error: UnexpectedToken) -> None:
@@ -244,6 +254,9 @@ class _Recovery:
         if error.token.type != "$END" and line in self.error_lines:
             return
         self.error_lines.add(line)
+        if len(self.error_lines) > MAX_SHOWN:  # past the page that is printed: counted, cheaply
+            self.report.error("a syntax error", _token_span(self.path, error.token))
+            return
         self.report.error(*_message_for_token(self.path, error, self.text))
 
     def _unwind(self, interactive) -> None:
@@ -255,9 +268,13 @@ class _Recovery:
             statements = set(NETWORK_STATEMENTS + TRAIN_STATEMENTS + TOP_STATEMENTS)
             self.starters = {t for t, text in keywords.items() if text in statements}
             self.starters.add("RBRACE")
-        while len(state.state_stack) > 1 and not (self.starters & set(table[state.position])):
+        while len(state.state_stack) > 1 and not self._at_boundary(set(table[state.position])):
             state.state_stack.pop()
             state.value_stack.pop()
+
+    def _at_boundary(self, acceptable: set[str]) -> bool:
+        """A statement can start here: a keyword of one, or (in a definition) a layer's name."""
+        return bool(self.starters & acceptable) or {"NAME", "RBRACE"} <= acceptable
 
 
 def _span(path: str, meta) -> Span:
@@ -273,9 +290,9 @@ def _end_of(node) -> tuple[int, int]:
 class _ToSyntax(Transformer):
     """Lark tree -> `syntax` nodes. Statement spans end at their last written token."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, report: Report):
         super().__init__()
-        self.path = path
+        self.path, self.report = path, report
 
     def _stmt_span(self, meta, children) -> Span:
         start = _span(self.path, meta)
@@ -293,8 +310,18 @@ class _ToSyntax(Transformer):
     def number(self, meta, children):
         (token,) = children
         text = str(token)
+        span = _span(self.path, meta)
+        if len(text) > MAX_NUMBER_DIGITS:
+            self.report.error(
+                f"a number of {len(text):,} digits is too long (at most {MAX_NUMBER_DIGITS})",
+                span,
+            )
+            return s.Num(0, span)
         value = int(text) if token.type == "INT" else float(text)
-        return s.Num(value, _span(self.path, meta))
+        if not math.isfinite(value) or abs(value) > MAX_MAGNITUDE:
+            self.report.error(f"{text} is too large (at most {MAX_MAGNITUDE:.0e})", span)
+            return s.Num(0, span)
+        return s.Num(value, span)
 
     @v_args(meta=True)
     def ref(self, meta, children):
@@ -309,13 +336,34 @@ class _ToSyntax(Transformer):
         return build
 
     add, sub, mul = _binop("+"), _binop("-"), _binop("*")
+    div, floordiv, or_, and_ = _binop("/"), _binop("//"), _binop("or"), _binop("and")
+
+    @v_args(meta=True)
+    def compare(self, meta, children):
+        left, op, right = children
+        return s.BinOp(str(op), left, right, _span(self.path, meta))
 
     @v_args(meta=True)
     def neg(self, meta, children):
         return s.Neg(children[0], _span(self.path, meta))
 
+    @v_args(meta=True)
+    def not_(self, meta, children):
+        return s.Not(children[0], _span(self.path, meta))
+
+    @v_args(meta=True)
+    def choose(self, meta, children):
+        then, condition, otherwise = children
+        return s.Choose(then, condition, otherwise, _span(self.path, meta))
+
     def _terminal(self, token: Token):
         span = _token_span(self.path, token)
+        if token.type in {"SHAPE", "KSIZE", "RANGE"} and any(
+            len(part) > MAX_NUMBER_DIGITS for part in str(token).replace("..", "x").split("x")
+        ):
+            self.report.error(f"a size in `{str(token)[:40]}...` is too long", span)
+            token = Token(token.type, "1x1x1" if token.type == "SHAPE" else "1x1" if
+                          token.type == "KSIZE" else "1..1")  # fmt: skip
         if token.type in {"SHAPE", "KSIZE"}:
             return s.Dims(tuple(int(v) for v in str(token).split("x")), span)
         if token.type == "RANGE":
@@ -390,6 +438,97 @@ class _ToSyntax(Transformer):
     val_split = _statement("val_split")
     validate = _statement("validate")
 
+    drop_path = _statement("drop_path")
+
+    # definitions ------------------------------------------------------------------------------
+    @v_args(meta=True)
+    def layer(self, meta, children):
+        tokens = [c for c in children if isinstance(c, Token)]
+        label = self._word(tokens[0]) if len(tokens) == 2 else None
+        kind = self._word(tokens[-1])
+        kernel = next((c for c in children if isinstance(c, s.Dims)), None)
+        rest = [c for c in children if not isinstance(c, Token | s.Dims | s.Option)]
+        options = tuple(c for c in children if isinstance(c, s.Option))
+        arg = rest[0] if rest else None
+        return s.Layer(label, kind, kernel, arg, options, self._stmt_span(meta, children))
+
+    @v_args(meta=True)
+    def group(self, meta, children):
+        label, body = children
+        return s.Group(self._word(label), tuple(body), _span(self.path, meta))
+
+    @v_args(meta=True)
+    def let(self, meta, children):
+        name, value = children
+        return s.Let(self._word(name), value, self._stmt_span(meta, children))
+
+    @v_args(meta=True)
+    def if_stmt(self, meta, children):
+        condition, then, *otherwise = children
+        return s.If(
+            condition, tuple(then), tuple(otherwise[0]) if otherwise else None,
+            _span(self.path, meta),
+        )  # fmt: skip
+
+    @v_args(meta=True)
+    def add_shortcut(self, meta, children):
+        return s.Add(self._keyword_span(meta, "add shortcut"))
+
+    @v_args(meta=True)
+    def branch(self, meta, children):
+        return s.Branch(self._keyword_span(meta, "branch"))
+
+    def _keyword_span(self, meta, text: str) -> Span:
+        return Span(self.path, meta.line, meta.column, meta.line, meta.column + len(text))
+
+    def _insert(where):
+        @v_args(meta=True)
+        def build(self, meta, children):
+            anchor, body = children
+            return s.Insert(where, self._word(anchor), tuple(body), _span(self.path, meta))
+
+        return build
+
+    after, before = _insert("after"), _insert("before")
+
+    @v_args(meta=True)
+    def check(self, meta, children):
+        condition, message = children
+        return s.Check(condition, message, self._stmt_span(meta, children))
+
+    @v_args(meta=True)
+    def remove(self, meta, children):
+        return s.Remove(self._word(children[0]), self._stmt_span(meta, children))
+
+    def def_body(self, children):
+        return list(children)
+
+    @v_args(meta=True)
+    def def_param(self, meta, children):
+        default = children[1] if len(children) > 1 else None
+        return s.DefParam(self._word(children[0]), default, self._stmt_span(meta, children))
+
+    def def_params(self, children):
+        return tuple(c for c in children if c is not None)
+
+    def def_extends(self, children):
+        return self._word(children[0])
+
+    def _definition(kind):
+        @v_args(meta=True)
+        def build(self, meta, children):
+            name, params, *rest = children
+            extends = next((c for c in rest if isinstance(c, s.Word)), None)
+            body = next(c for c in rest if isinstance(c, list))
+            span = self._header_span(meta, name)
+            return s.Definition(kind, self._word(name), params, extends, tuple(body), span)
+
+        return build
+
+    block_def, stem_def, shortcut_def = (
+        _definition("block"), _definition("stem"), _definition("shortcut")
+    )  # fmt: skip
+
     # declarations -------------------------------------------------------------------------------
     @v_args(meta=True)
     def param(self, meta, children):
@@ -436,13 +575,43 @@ class _ToSyntax(Transformer):
                 spec.networks.append(child)
             elif isinstance(child, s.TrainDecl):
                 spec.trains.append(child)
+            elif isinstance(child, s.Definition):
+                spec.definitions.append(child)
         return spec
+
+
+def _too_complex(text: str, path: str, report: Report) -> bool:
+    """Refuse lines whose expressions nest deeper than the parser's tree can be walked."""
+    found = False
+    depth = 0
+    for number, line in enumerate(text.split("\n"), start=1):
+        code = line.split("#", 1)[0]
+        depth += code.count("{") - code.count("}")
+        if depth > MAX_NESTING:
+            report.error(
+                f"blocks nest {depth} deep here; resdsl takes at most {MAX_NESTING}",
+                Span(path, number, 1, number, 2),
+                "flatten the `if`s: a condition may join comparisons with `and` and `or`",
+            )
+            return True
+        operators = sum(code.count(c) for c in "+-*/(")
+        if operators > MAX_OPERATORS:
+            report.error(
+                f"this line has {operators:,} operators; resdsl takes at most {MAX_OPERATORS} "
+                "in one statement",
+                Span(path, number, 1, number, 2),
+                "compute the value in steps: `param a = ...`, then `param b = a * ...`",
+            )
+            found = True
+    return found
 
 
 def parse_text(text: str, path: str, report: Report) -> s.SpecFile | None:
     """Parse one file's text; syntax errors go to `report` (and `None` comes back)."""
     remember_source(path, text)
     before = len(report.diagnostics)
+    if _too_complex(text, path, report):
+        return None
     recovery = _Recovery(path, text, report)
     try:
         tree = parser().parse(text + "\n", on_error=recovery)
@@ -453,4 +622,5 @@ def parse_text(text: str, path: str, report: Report) -> s.SpecFile | None:
         return None
     if len(report.diagnostics) > before or not isinstance(tree, Tree):
         return None
-    return _ToSyntax(path).transform(tree)
+    spec = _ToSyntax(path, report).transform(tree)
+    return None if len(report.diagnostics) > before else spec

@@ -26,7 +26,7 @@ class Ref(NamedTuple):
 
 
 class BinOp(NamedTuple):
-    op: str  # "+", "-", "*"
+    op: str  # + - * / // and the comparisons == != < > <= >=, and `and`, `or`
     left: Expr
     right: Expr
     span: Span
@@ -37,7 +37,21 @@ class Neg(NamedTuple):
     span: Span
 
 
-Expr = Num | Ref | BinOp | Neg
+class Not(NamedTuple):
+    operand: Expr
+    span: Span
+
+
+class Choose(NamedTuple):
+    """`then if condition else otherwise`"""
+
+    then: Expr
+    condition: Expr
+    otherwise: Expr
+    span: Span
+
+
+Expr = Num | Ref | BinOp | Neg | Not | Choose
 
 
 class Word(NamedTuple):
@@ -71,6 +85,7 @@ class Range(NamedTuple):
 
 
 Value = Expr | Str | Dims
+EXPRESSIONS = (Num, Ref, BinOp, Neg, Not, Choose)
 
 
 class Option(NamedTuple):
@@ -124,9 +139,103 @@ class TrainDecl(NamedTuple):
     span: Span
 
 
+# --- definitions of blocks, stems and shortcuts --------------------------------------------
+
+
+class Layer(NamedTuple):
+    """`conv1: conv 3x3 planes, stride stride`: a primitive layer, or a block used as a layer."""
+
+    label: Word | None
+    kind: Word
+    kernel: Dims | None
+    arg: Expr | None
+    options: tuple[Option, ...]
+    span: Span
+
+
+class Group(NamedTuple):
+    """`downsample: { ... }`: layers numbered 0, 1, ... under one name (an nn.Sequential)."""
+
+    label: Word
+    body: tuple
+    span: Span
+
+
+class Let(NamedTuple):
+    """`width = planes * width_per_group // 64 * groups`"""
+
+    name: Word
+    value: Value
+    span: Span
+
+
+class If(NamedTuple):
+    condition: Expr
+    then: tuple
+    otherwise: tuple | None
+    span: Span
+
+
+class Add(NamedTuple):
+    """`add shortcut`: the main branch plus the network's shortcut."""
+
+    span: Span
+
+
+class Branch(NamedTuple):
+    """`branch`: a projecting shortcut reads the main branch here instead of the block's input."""
+
+    span: Span
+
+
+class Insert(NamedTuple):
+    """`after bn3 { ... }` (or `before`) in a block that extends another."""
+
+    where: str
+    anchor: Word
+    body: tuple
+    span: Span
+
+
+class Remove(NamedTuple):
+    """`remove NAME` (a layer or group), or `remove add` (the add and its shortcut)."""
+
+    name: Word
+    span: Span
+
+
+class Check(NamedTuple):
+    """`check CONDITION, "what is wrong"`: a definition refuses arguments it cannot build."""
+
+    condition: Expr
+    message: Str
+    span: Span
+
+
+DefStatement = Layer | Group | Let | If | Add | Branch | Insert | Remove | Check
+
+
+class DefParam(NamedTuple):
+    name: Word
+    default: Value | None
+    span: Span
+
+
+class Definition(NamedTuple):
+    """`block NAME(params) [extends NAME] { ... }`, or a stem or shortcut."""
+
+    kind: str  # block | stem | shortcut
+    name: Word
+    params: tuple[DefParam, ...]
+    extends: Word | None
+    body: tuple
+    span: Span  # the header: `block NAME`
+
+
 @dataclass
 class SpecFile:
     path: str
     params: list[ParamDecl] = field(default_factory=list)
     networks: list[NetworkDecl] = field(default_factory=list)
     trains: list[TrainDecl] = field(default_factory=list)
+    definitions: list[Definition] = field(default_factory=list)

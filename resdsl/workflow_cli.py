@@ -36,9 +36,14 @@ def _error(message: str, hint: str | None = None) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add plot, runs, list and new to the command line."""
+    """Add plot, runs, list, new and fmt to the command line."""
     for command in (plot, runs_, list_, new):
         app.command(**COMMANDS[command.__name__])(command)
+    from .fmt import EPILOG, fmt
+    from .show import register as register_show
+
+    app.command(epilog=EPILOG)(fmt)
+    register_show(app)  # show: the table, or the picture
 
 
 COMMANDS: dict[str, dict] = {}

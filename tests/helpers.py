@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import io
 import json
 import pickle
 import signal
@@ -15,6 +17,33 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "specs").rglob("*.res"))
+
+
+def _load_runtime():
+    """templates/common/runtime.py, the module every generated trainer holds a copy of."""
+    spec = importlib.util.spec_from_file_location(
+        "trainer_runtime", ROOT / "templates/common/runtime.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+runtime = _load_runtime()
+
+
+def torch_checkpoint(path: Path) -> dict:
+    """A PyTorch trainer's checkpoint, its checksum verified."""
+    import torch
+
+    return torch.load(io.BytesIO(runtime.read_checkpoint(path, None)))
+
+
+def jax_checkpoint(path: Path) -> dict:
+    """A JAX trainer's checkpoint, its checksum verified."""
+    from flax import serialization
+
+    return serialization.msgpack_restore(runtime.read_checkpoint(path, None))
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
@@ -44,7 +73,13 @@ def kill_at_checkpoint(
         time.sleep(0.01)
         try:
             iteration = iteration_of()
-        except (FileNotFoundError, EOFError, RuntimeError, pickle.UnpicklingError):
+        except (
+            FileNotFoundError,
+            EOFError,
+            RuntimeError,
+            pickle.UnpicklingError,
+            runtime.RunError,
+        ):
             continue  # not written yet
         if iteration >= at_least:
             process.send_signal(signal.SIGKILL)

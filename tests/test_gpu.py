@@ -14,7 +14,7 @@ import pytest
 
 from resdsl.compile import compile_spec
 from resdsl.frontend import load_spec
-from tests.helpers import ROOT, kill_at_checkpoint, logged
+from tests.helpers import ROOT, kill_at_checkpoint, logged, torch_checkpoint
 
 torch = pytest.importorskip("torch")
 pytestmark = [
@@ -76,7 +76,7 @@ def test_a_graphed_run_resumes(package, tmp_path):
                                 *COMMON, *longer],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     killed_at = kill_at_checkpoint(
-        process, lambda: torch.load(run / "checkpoint.pt")["iteration"], 500, timeout=600
+        process, lambda: torch_checkpoint(run / "checkpoint.pt")["iteration"], 500, timeout=600
     )
     resumed = train(package, run, *longer, "--resume")
     assert killed_at < 2000 and resumed["iterations"] == 2000

@@ -115,26 +115,31 @@ def test_block_forms(tmp_path):
             text = text.replace("shortcut A", "")
         else:
             text = text.replace("shortcut A", f"shortcut {shortcut}")
-        spec, _ = load_spec(write(tmp_path, f"{written}.res", text))
-        block = spec.network.stages[0].block
-        assert (block.kind, block.preact, spec.network.stages[0].shortcut) == (
-            kind,
+        spec, analysis = load_spec(write(tmp_path, f"{written}.res", text))
+        lowered = analysis.lowered
+        first = lowered.stages[0].blocks[0]
+        convs = [layer.name for layer in first.layers() if layer.kind == "conv"]
+        assert (len(convs), lowered.preact, spec.network.stages[0].shortcut) == (
+            {"basic": 2, "bottleneck": 3}[kind] + (shortcut == "B"),  # B projects 16 -> 64
             preact,
             shortcut,
         )
+        assert first.residual == (shortcut != "none")
 
 
 def test_bottleneck_options_and_defaults(tmp_path):
     text = CIFAR_NET.replace(
         "block    basic", "block    bottleneck, groups 4, width_per_group 8, expansion 2"
     ).replace("shortcut A", "shortcut B")
-    spec, _ = load_spec(write(tmp_path, "net.res", text))
+    spec, analysis = load_spec(write(tmp_path, "net.res", text))
     block = spec.network.stages[0].block
-    assert (block.groups, block.width_per_group, block.expansion, block.stride_at) == (
-        4, 8, 2, "1x1",
+    assert (block.name, block.args) == (
+        "bottleneck", {"groups": 4, "width_per_group": 8, "expansion": 2},
     )  # fmt: skip
-    assert block.inner_width(16) == 8  # int(16 * 8 / 64) * 4
-    assert spec.network.stages[-1].out_channels == 128
+    conv2 = next(la for la in analysis.lowered.stages[0].blocks[0].layers() if la.name == "conv2")
+    assert conv2.out[0] == 8  # 16 * 8 // 64 * 4
+    assert conv2.args["groups"] == 4
+    assert analysis.lowered.stages[-1].out[0] == 128
 
 
 def test_init_batchnorm_head(tmp_path):

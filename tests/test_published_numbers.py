@@ -53,10 +53,20 @@ def test_paper_table_1(name):
 
 
 def test_paper_resnet50_puts_the_stride_on_the_first_1x1():
-    paper, _ = load_spec("specs/resnet50.res")
-    tv, _ = load_spec("specs/torchvision/resnet50.res")
-    assert {s.block.stride_at for s in paper.network.stages} == {"1x1"}
-    assert {s.block.stride_at for s in tv.network.stages} == {"3x3"}
+    paper, paper_analysis = load_spec("specs/resnet50.res")
+    tv, tv_analysis = load_spec("specs/torchvision/resnet50.res")
+
+    def strided(analysis) -> set[str]:
+        """The layers of each stage's first block that subsample."""
+        return {
+            layer.name
+            for stage in analysis.lowered.stages[1:]
+            for layer in stage.blocks[0].layers()
+            if layer.kind == "conv" and layer.args["stride"] == 2 and layer.name
+        }
+
+    assert strided(paper_analysis) == {"conv1"}
+    assert strided(tv_analysis) == {"conv2"}
     assert tv.network.init.mode == "fan_out" and paper.network.init.mode == "fan_in"
 
 
@@ -102,5 +112,5 @@ def test_every_spec_is_valid_and_its_depth_matches_its_name(spec):
     loaded, analysis = load_spec(spec)
     digits = re.search(r"(\d+)$", loaded.network.name)
     if digits and loaded.network.name.startswith(("resnet", "plain", "preact")):
-        stem_extra = 2 if loaded.network.stem.kind == "deep" else 0
+        stem_extra = 2 if loaded.network.stem.name in ("deep", "tiered") else 0
         assert analysis.depth == int(digits.group(1)) + stem_extra

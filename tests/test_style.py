@@ -1,4 +1,5 @@
-"""The project's own code is formatted and lint-clean, like the code it generates."""
+"""The project's own code, and the trainers' runtime.py, are formatted and lint-clean, like the
+code it generates."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ def ruff(*args: str) -> subprocess.CompletedProcess:
     from ruff.__main__ import find_ruff_bin
 
     return subprocess.run(
-        [find_ruff_bin(), *args, "resdsl", "tests", "bench"],
+        [find_ruff_bin(), *args, "resdsl", "tests", "bench", "templates/common/runtime.py"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT, kill_at_checkpoint, logged
+from tests.helpers import ROOT, kill_at_checkpoint, logged, torch_checkpoint
 from tests.test_torch_trainer import compile_to, import_package, run_train, write_spec
 
 torch = pytest.importorskip("torch")
@@ -423,7 +423,7 @@ def test_a_short_run_reports_every_protocol(package, tree, tmp_path):
     assert final["test_top1_error"] == final["results"]["test"]["single_view"]["top1_error"]
     assert all(0 <= r["top1_error"] <= 1 for r in final["results"]["test"].values())
     assert torch.load(run / "mean.pt")["mean"].shape == (3, 64, 64)
-    checkpoint = torch.load(run / "checkpoint.pt")
+    checkpoint = torch_checkpoint(run / "checkpoint.pt")
     assert checkpoint["data"] == {"epoch": 1, "position": 0}  # 16 of 18 images: a new epoch
 
 
@@ -442,20 +442,20 @@ def test_kill_and_resume_ends_with_the_same_weights(package, tree, tmp_path):
     common = ["--data", str(tree), "--iterations", "60", "--batch-size", "4", "--workers", "1",
               "--checkpoint-every", "5", "--eval-images", "3", "--log-every", "4"]  # fmt: skip
     assert run_train(package, "--out", str(tmp_path / "a"), *common).returncode == 0
-    a = torch.load(tmp_path / "a" / "checkpoint.pt")  # the first load is slow (imports): not below
+    a = torch_checkpoint(tmp_path / "a" / "checkpoint.pt")  # the first load is slow: not below
     run = tmp_path / "b"
     process = subprocess.Popen(
         [sys.executable, str(package / "train.py"), "--no-progress", "--out", str(run), *common],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=package.parent,
     )  # fmt: skip
     killed_at = kill_at_checkpoint(
-        process, lambda: torch.load(run / "checkpoint.pt")["iteration"], 10, timeout=120
+        process, lambda: torch_checkpoint(run / "checkpoint.pt")["iteration"], 10, timeout=120
     )
     assert killed_at < 60, "the run ended before it could be killed"
     resumed = run_train(package, "--out", str(run), "--resume", *common)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from {run / 'checkpoint.pt'} at iteration {killed_at}" in resumed.stdout
-    b = torch.load(run / "checkpoint.pt")
+    b = torch_checkpoint(run / "checkpoint.pt")
     assert a["data"] == b["data"]
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])  # bitwise
 

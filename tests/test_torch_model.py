@@ -228,7 +228,7 @@ def test_a_failure_while_writing_keeps_the_previous_output(tmp_path, monkeypatch
 
     monkeypatch.setattr(Path, "write_text", failing_write)
     spec2, analysis2 = load_spec("specs/cifar/resnet56.res")
-    with pytest.raises(OSError):
+    with pytest.raises(CompileError, match="nothing was changed"):
         compile_spec(spec2, analysis2, backend="torch", output=out, force=True)
     monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -4,9 +4,12 @@ Fashion-MNIST, kill-and-resume, two-process DDP, NaN handling, and the command l
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import pickle
+import re
+import shlex
 import struct
 import subprocess
 import sys
@@ -18,7 +21,7 @@ import pytest
 
 from resdsl.compile import compile_spec
 from resdsl.frontend import load_spec
-from tests.helpers import ROOT, kill_at_checkpoint, logged
+from tests.helpers import ROOT, kill_at_checkpoint, logged, runtime, torch_checkpoint
 
 torch = pytest.importorskip("torch")
 
@@ -33,7 +36,7 @@ def compile_to(spec_path: str | Path, out: Path) -> Path:
 
 def import_package(directory: Path) -> dict:
     """The generated data, model and train modules, imported as train.py imports them."""
-    names = ("data", "model", "train")
+    names = ("data", "model", "train", "runtime")
     saved = {n: sys.modules.pop(n) for n in names if n in sys.modules}
     sys.path.insert(0, str(directory))
     try:
@@ -168,6 +171,13 @@ def test_missing_or_malformed_data_is_a_clear_error(cifar, tmp_path):
     (root / "data_batch_3").write_bytes(b"not a pickle")
     with pytest.raises(DataError, match="data_batch_3 is not a batch"):
         cifar["data"].load_arrays(root)
+    write_cifar10(root)
+    with open(root / "test_batch", "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": [3, -1]}, f)
+    with pytest.raises(
+        DataError, match="test_batch holds a label -1 \\(at 1\\); the network has 10"
+    ):
+        cifar["data"].load_arrays(root)
 
 
 def test_malformed_idx_is_a_clear_error(fashion, tmp_path):
@@ -219,6 +229,24 @@ def test_per_pixel_mean_is_computed_once_and_cached(cifar, tmp_path):
         tmp_path / "c", torch.device("cpu"), batch_size=6, mean_cache=cache
     )
     assert torch.allclose(d2.train_images, raw, atol=1e-6)
+
+
+def test_a_damaged_mean_cache_is_computed_again_and_an_unwritable_one_is_a_data_error(
+    cifar, tmp_path
+):
+    write_cifar10(tmp_path / "c")
+    cache = tmp_path / "run" / "mean.pt"
+    cache.parent.mkdir()
+    cache.write_bytes(b"cut short")
+    d = cifar["data"].ArrayData(tmp_path / "c", torch.device("cpu"), batch_size=6, mean_cache=cache)
+    assert torch.load(cache)["count"] == 30 and d.train_images.shape == (30, 3, 32, 32)
+    assert [p.name for p in cache.parent.iterdir()] == ["mean.pt"]  # no temporary file left
+    blocked = tmp_path / "file" / "mean.pt"
+    blocked.parent.write_text("a file where the run directory should be")
+    with pytest.raises(cifar["data"].DataError, match=f"^cannot write {blocked}: "):
+        cifar["data"].ArrayData(
+            tmp_path / "c", torch.device("cpu"), batch_size=6, mean_cache=blocked
+        )
 
 
 def test_crop_and_flip_on_known_inputs(cifar):
@@ -310,7 +338,7 @@ def test_val_split_holds_out_the_last_training_images(cifar, tmp_path):
 
 # --- schedules -------------------------------------------------------------------------------
 def test_milestones_scale_with_the_length(cifar):
-    schedule = cifar["train"].Schedule(total=640, spec_total=64000, iterations_per_epoch=390)
+    schedule = cifar["train"].Schedule(total=640, spec_total=64000)
     assert schedule.milestones == [320, 480]
     assert [schedule.lr(i) for i in (0, 319, 320, 479, 480, 639)] == pytest.approx(
         [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
@@ -319,7 +347,7 @@ def test_milestones_scale_with_the_length(cifar):
 
 def test_resnet110_warm_up_ends_when_the_training_error_is_low(tmp_path):
     train = import_package(compile_to(ROOT / "specs/cifar/resnet110.res", tmp_path / "p"))["train"]
-    schedule = train.Schedule(total=64000, spec_total=64000, iterations_per_epoch=390)
+    schedule = train.Schedule(total=64000, spec_total=64000)
     assert schedule.lr(0) == 0.01
     schedule.observe([0.9] * 100)
     assert schedule.lr(100) == 0.01
@@ -338,7 +366,7 @@ def test_plateau_divides_the_learning_rate(tmp_path):
         }
     """ % (ROOT / "specs/cifar/resnet20.res"))  # fmt: skip
     train = import_package(compile_to(spec, tmp_path / "p"))["train"]
-    schedule = train.Schedule(total=1000, spec_total=64000, iterations_per_epoch=390)
+    schedule = train.Schedule(total=1000, spec_total=64000)
     assert schedule.lr(0) == 0.02 and schedule.lr(1) == 0.1  # warm-up scaled: 50 -> 1
     for error in (0.5, 0.4, 0.395, 0.39):  # 0.395, 0.39: no improvement by 0.01
         schedule.validated(error)
@@ -369,7 +397,7 @@ def test_a_short_run_on_real_fashion_mnist_is_far_above_chance(fashion, tmp_path
     assert records[-1] == {"iteration": 150, "split": "test", "protocol": "single_view",
                            "top1_error": final["test_top1_error"],
                            "top5_error": final["test_top5_error"]}  # fmt: skip
-    checkpoint = torch.load(run / "checkpoint.pt")
+    checkpoint = torch_checkpoint(run / "checkpoint.pt")
     assert checkpoint["iteration"] == 150
     assert set(checkpoint) >= {"model", "optimizer", "iteration", "rng", "data", "schedule"}
     evaluated = run_train(fashion, "--eval-only", "--checkpoint", str(run / "checkpoint.pt"),
@@ -385,14 +413,14 @@ def test_kill_and_resume_ends_with_the_same_weights(fashion, tmp_path):
     common = ["--iterations", "30", "--batch-size", "16", "--checkpoint-every", "5",
               "--eval-images", "100", "--log-every", "4"]  # fmt: skip
     assert run_train(fashion, "--out", str(tmp_path / "a"), *common).returncode == 0
-    torch.load(tmp_path / "a" / "checkpoint.pt")  # the first load is slow: not while polling
+    torch_checkpoint(tmp_path / "a" / "checkpoint.pt")  # the first load is slow: not while polling
     run = tmp_path / "b"
     process = subprocess.Popen(
         [sys.executable, str(fashion / "train.py"), "--no-progress", "--out", str(run), *common],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     killed_at = kill_at_checkpoint(
-        process, lambda: torch.load(run / "checkpoint.pt")["iteration"], 10, timeout=300
+        process, lambda: torch_checkpoint(run / "checkpoint.pt")["iteration"], 10, timeout=300
     )
     assert killed_at < 30, "the run ended before it could be killed"
     with open(run / "metrics.jsonl", "a") as f:  # as if killed in the middle of a line
@@ -400,8 +428,8 @@ def test_kill_and_resume_ends_with_the_same_weights(fashion, tmp_path):
     resumed = run_train(fashion, "--out", str(run), "--resume", *common)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from {run / 'checkpoint.pt'} at iteration {killed_at}" in resumed.stdout
-    a = torch.load(tmp_path / "a" / "checkpoint.pt")
-    b = torch.load(run / "checkpoint.pt")
+    a = torch_checkpoint(tmp_path / "a" / "checkpoint.pt")
+    b = torch_checkpoint(run / "checkpoint.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])  # bitwise
 
     assert logged(tmp_path / "a") == logged(run)
@@ -438,7 +466,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
                        "--checkpoint-every", "1", "--log-every", "1")  # fmt: skip
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "stopping (the last good checkpoint is" in result.stderr
-    state = torch.load(run / "checkpoint.pt")
+    state = torch_checkpoint(run / "checkpoint.pt")
     assert state["iteration"] < 30
     assert all(bool(torch.isfinite(t).all()) for t in state["model"].values()
                if t.is_floating_point())  # fmt: skip
@@ -509,3 +537,251 @@ def test_pca_lighting_on_arrays_shifts_each_image_by_one_colour(tmp_path):
     many = data.draw_augmentation(4000, torch.Generator().manual_seed(1))["colour"]
     alpha = torch.linalg.solve(eigvec, many.T).T / eigval
     assert abs(alpha.std().item() - 0.1) < 0.005 and abs(alpha.mean().item()) < 0.005
+
+
+# --- safe on every CPU -------------------------------------------------------------------------
+WIDE_64 = """
+    network wide64 {
+        input    1x64x64
+        classes  10
+        stem     cifar, width 8
+        block    basic
+        shortcut B
+        stage a: 1 x 8
+        stage b: 1 x 16, stride 2
+    }
+    train paper_cifar {
+        data       mnist
+        preprocess pad_to 64
+        augment    hflip
+        batch      4
+    }
+"""
+
+
+def test_a_64x64_network_with_a_strided_8_to_16_projection_trains_on_the_cpu(tmp_path):
+    """The case that corrupts the heap with channels_last on some CPUs (issue 11): on the CPU the
+    trainer keeps the contiguous format unless asked otherwise."""
+    package = compile_to(write_spec(tmp_path, WIDE_64), tmp_path / "pkg")
+    write_mnist(tmp_path / "mnist")
+    run = tmp_path / "run"
+    result = run_train(package, "--data", str(tmp_path / "mnist"), "--out", str(run),
+                       "--iterations", "3", "--eval-images", "8")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    weight = torch_checkpoint(run / "checkpoint.pt")["model"]["layer2.0.downsample.0.weight"]
+    assert weight.shape == (16, 8, 1, 1) and weight.is_contiguous()
+    assert "--channels-last" in run_train(package, "--help").stdout
+
+
+# --- every fault one line, the last good state kept -------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_fashion(fashion, tmp_path_factory) -> Path:
+    """MNIST-format files of 20 images, for the Fashion-MNIST package's quick runs."""
+    root = tmp_path_factory.mktemp("tiny") / "fm"
+    write_mnist(root)
+    return root
+
+
+def quick(tiny_fashion: Path, run: Path, *more: str) -> list[str]:
+    return ["--data", str(tiny_fashion), "--out", str(run), "--batch-size", "4",
+            "--eval-images", "8", *more]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def finished_run(fashion, tiny_fashion, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("done") / "run"
+    result = run_train(fashion, *quick(tiny_fashion, run, "--iterations", "2"))
+    assert result.returncode == 0, result.stderr
+    return run
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--batch-size", "0"], ["--batch-size", "-4"], ["--checkpoint-every", "0"],
+     ["--eval-images", "0"], ["--eval-images", "-1"], ["--iterations", "0"],
+     ["--iterations", "-5"], ["--log-every", "0"], ["--val-split", "-1"], ["--eval-only"],
+     ["--iterations", "many"]],
+)  # fmt: skip
+def test_flags_out_of_range_are_one_line_usage_errors(fashion, flags, capsys):
+    train = import_package(fashion)["train"]
+    with pytest.raises(SystemExit) as stop:
+        train.parse_args(flags)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and err.startswith("error: "), err
+    assert flags[0] in err
+
+
+def test_a_usage_error_starts_nothing(fashion, tmp_path):
+    result = run_train(fashion, "--out", str(tmp_path / "run"), "--iterations", "-5")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr == (
+        "error: argument --iterations: must be a positive integer, not -5 (see train.py --help)\n"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_checkpoints_are_refused_by_name_and_left_in_place(fashion, finished_run, tmp_path):
+    pkg = import_package(fashion)
+    train = pkg["train"]
+    RunError = train.runtime.RunError
+    good = (finished_run / "checkpoint.pt").read_bytes()
+    payload = runtime.read_checkpoint(finished_run / "checkpoint.pt", None)
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0x10
+    cases = {
+        "missing.pt": (None, "does not exist"),
+        "empty.pt": (b"", "is not a checkpoint written by a resdsl trainer"),
+        "text.pt": (b"hello\n", "is not a checkpoint written by a resdsl trainer"),
+        "random.pt": (np.random.default_rng(0).bytes(5000), "is not a checkpoint written by"),
+        "truncated.pt": (good[: len(good) // 3], "is damaged or cut short"),
+        "flipped.pt": (bytes(flipped), "is damaged or cut short"),
+    }
+    buffer = io.BytesIO()
+    torch.save({"model": torch.nn.Linear(2, 2).state_dict()}, buffer)
+    for name, (spec, data) in {"other_spec.pt": ("specs/other.res", payload),
+                               "other_net.pt": (train.SPEC, buffer.getvalue()),
+                               "plain_torch.pt": (None, buffer.getvalue())}.items():  # fmt: skip
+        if spec is None:
+            (tmp_path / name).write_bytes(data)
+        else:
+            runtime.RunDirectory(tmp_path, name).save_checkpoint(data, spec)
+    cases["other_spec.pt"] = (None, f"is a checkpoint of specs/other.res, not of {train.SPEC}")
+    cases["other_net.pt"] = (None, "does not hold weights of this network")
+    cases["plain_torch.pt"] = (None, "is not a checkpoint written by a resdsl trainer")
+    model = pkg["model"].build_model()
+    for name, (data, message) in cases.items():
+        path = tmp_path / name
+        if data is not None:
+            path.write_bytes(data)
+        before = path.read_bytes() if path.exists() else None
+        with pytest.raises(RunError, match="^" + re.escape(str(path))) as error:
+            train.load_checkpoint(path, model, torch.device("cpu"))
+        assert message in str(error.value) and "\n" not in str(error.value), name
+        assert (path.read_bytes() if path.exists() else None) == before  # left as it was
+    # the same, from the command line: one line, exit status 1
+    result = run_train(fashion, "--eval-only", "--checkpoint", str(tmp_path / "flipped.pt"))
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"error: {tmp_path / 'flipped.pt'} is damaged")
+
+
+def test_damaged_or_wrong_data_files_are_data_errors_naming_the_file(fashion, tmp_path):
+    data = import_package(fashion)["data"]
+    root = tmp_path / "fm"
+    good = gzip.decompress
+    write_mnist(root)
+    images = root / "train-images-idx3-ubyte.gz"
+    whole = images.read_bytes()
+    for broken in (whole[: len(whole) // 2], b"\x1f\x8b\x08\x00garbage" * 10, b"garbage"):
+        images.write_bytes(broken)
+        with pytest.raises(data.DataError, match=f"^{images}"):
+            data.load_arrays(root)
+    images.write_bytes(gzip.compress(b"\x00\x00\x08\x03\x00\x00"))  # a 6-byte header
+    with pytest.raises(data.DataError, match=f"^{images} is cut short"):
+        data.load_arrays(root)
+    images.write_bytes(whole)
+    for name in ("train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"):
+        labels = root / f"{name}.gz"
+        original = labels.read_bytes()
+        values = np.frombuffer(good(original)[8:], np.uint8).copy()
+        values[3] = 10
+        write_idx(root / name, values, compress=True)
+        with pytest.raises(data.DataError, match=f"^{labels} holds a label 10 .*10 classes"):
+            data.load_arrays(root)
+        labels.write_bytes(original)
+
+
+def test_a_full_disk_stops_with_one_line_and_no_temporary_file(fashion, tiny_fashion, tmp_path):
+    import resource
+    import signal
+
+    def small_files() -> None:  # files of at most 200 kB: the checkpoint cannot be written
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    run = tmp_path / "run"
+    result = run_train(fashion, *quick(tiny_fashion, run, "--iterations", "2"),
+                       preexec_fn=small_files)  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr == (
+        f"error: cannot write {run / 'checkpoint.pt'}: File too large; stopping (no checkpoint "
+        "was written)\n"
+    )
+    assert sorted(p.name for p in run.iterdir()) == ["lock", "mean.pt", "metrics.jsonl"]
+
+
+def test_resuming_a_finished_run_changes_nothing(fashion, tiny_fashion, finished_run):
+    def files() -> dict:  # the lock file names whoever holds the directory: not the run's
+        return {p.name: p.read_bytes() for p in finished_run.iterdir() if p.name != "lock"}
+
+    before = files()
+    result = run_train(fashion, *quick(tiny_fashion, finished_run, "--iterations", "2", "--resume"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{finished_run} holds a finished run (2 iterations")
+    assert files() == before
+
+
+def test_the_run_directory_is_held_by_one_run_at_a_time(tmp_path):
+    first = runtime.RunDirectory(tmp_path / "run", "checkpoint.pt")
+    first.hold(resume=False)  # nothing written yet but the lock
+    second = runtime.RunDirectory(tmp_path / "run", "checkpoint.pt")
+    with pytest.raises(runtime.RunError, match=f"in use by another run \\(pid {os.getpid()}\\)"):
+        second.hold(resume=True)
+    first.lock_file.close()  # the first run ends: the directory is free
+    second.hold(resume=True)
+
+
+@pytest.mark.slow
+def test_a_signal_finishes_the_step_writes_a_checkpoint_and_says_how_to_go_on(
+    fashion, tiny_fashion, tmp_path
+):
+    """Ctrl-C (SIGINT) stops a run, which goes on with the command it prints; SIGTERM stops that
+    one. A second run on the directory is refused while the first holds it."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    args = [str(fashion / "train.py"), "--no-progress",
+            *quick(tiny_fashion, run, "--iterations", "1000000", "--log-every", "1")]  # fmt: skip
+
+    def start_and_stop(command: list[str], signum: int, after: int) -> tuple[int, str]:
+        """Start `command`, send `signum` once `after` iterations are logged: (the checkpoint's
+        iteration, stderr)."""
+        process = subprocess.Popen(command, cwd=fashion.parent, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        deadline = time.time() + 300
+        while not (run / "metrics.jsonl").exists() or logged(run)[-1]["iteration"] < after:
+            assert time.time() < deadline and process.poll() is None, process.stderr.read()
+            time.sleep(0.05)
+        if signum == signal.SIGINT:  # meanwhile, a second run on the same directory
+            second = run_train(fashion, *quick(tiny_fashion, run, "--iterations", "5"))
+            assert second.returncode == 1 and second.stderr == (
+                f"error: {run} is in use by another run (pid {process.pid}); wait for it to "
+                "end, or train into another directory (--out)\n"
+            )
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 128 + signum, stderr
+        return torch_checkpoint(run / "checkpoint.pt")["iteration"], stderr
+
+    stopped, stderr = start_and_stop([sys.executable, *args], signal.SIGINT, 3)
+    command = shlex.join([sys.executable, *args, "--resume"])
+    assert stderr == f"stopped at iteration {stopped}; go on with: {command}\n"
+    assert logged(run)[-1]["iteration"] <= stopped
+    again, stderr = start_and_stop(shlex.split(command), signal.SIGTERM, stopped + 3)
+    assert stderr.startswith(f"stopped at iteration {again}; go on with: {command}\n")
+    assert again > stopped and logged(run)[-1]["iteration"] <= again
+
+
+def test_runtime_py_is_the_shared_module_as_it_is():
+    """Both backends' trainers carry templates/common/runtime.py unchanged (after the header),
+    which imports nothing outside the standard library (tqdm: the progress bar)."""
+    from resdsl.compile import build_files
+
+    source = (ROOT / "templates/common/runtime.py").read_text()
+    spec_and_analysis = load_spec("specs/fashion-mnist/resnet20.res")
+    for backend in ("torch", "jax"):
+        files = build_files(*spec_and_analysis, backend=backend)
+        header, _, rest = files["runtime.py"].partition('"""')
+        assert '"""' + rest == source and header.startswith("# Generated by resdsl")
+        assert "import runtime" in files["train.py"] and "from resdsl" not in rest
+        assert "import resdsl" not in rest

@@ -169,7 +169,19 @@ def test_list_counts_the_errors_of_broken_specs(tmp_path, capsys):
     assert out.rstrip().endswith("2 specs in " + tmp_path.as_posix() + ", 1 with errors")
 
 
-def test_new_extends_the_spec_and_never_overwrites(tmp_path, capsys):
+@pytest.fixture
+def library_copy(tmp_path, monkeypatch) -> Path:
+    """The spec library in a fresh directory, as the working directory."""
+    shutil.copytree(ROOT / "specs", tmp_path / "specs")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+# `extends` reaches specs of the working directory's tree: new specs are written inside it.
+
+
+def test_new_extends_the_spec_and_never_overwrites(library_copy, capsys):
+    tmp_path = library_copy
     file = tmp_path / "mine.res"
     code, out, err = run_cli(["new", str(file), "--from", "specs/cifar/resnet20.res"], capsys)
     assert code == 0, err
@@ -186,18 +198,20 @@ def test_new_extends_the_spec_and_never_overwrites(tmp_path, capsys):
     assert "param n = 9" in file.read_text()
 
 
-def test_new_named_stages_are_overrides(tmp_path, capsys):
+def test_new_named_stages_are_overrides(library_copy, capsys):
+    tmp_path = library_copy
     file = tmp_path / "r34.res"
     assert run_cli(["new", str(file), "--from", "specs/resnet34.res"], capsys)[0] == 0
     text = file.read_text()
-    assert "    # stage conv4_x: 6 x 256, stride 2   # 14x14" in text
+    assert "    # stage conv4_x: 6 x 256, stride 2    # 14x14" in text
     file.write_text(text.replace("# stage conv4_x: 6 x 256", "stage conv4_x: 23 x 256"))
     spec, analysis = load_spec(file)
     assert analysis.depth == 34 + 2 * 17 and spec.network.stages[2].blocks == 23
 
 
 @pytest.mark.parametrize("base", SPECS)
-def test_new_from_every_library_spec_is_the_same_network(base, tmp_path, capsys):
+def test_new_from_every_library_spec_is_the_same_network(base, library_copy, capsys):
+    tmp_path = library_copy
     file = tmp_path / "variant.res"
     code, _, err = run_cli(["new", str(file), "--from", base], capsys)
     assert code == 0, err
@@ -211,20 +225,12 @@ def test_new_from_every_library_spec_is_the_same_network(base, tmp_path, capsys)
 # --- compile: default directory, no quiet clobbering ----------------------------------------
 
 
-@pytest.fixture
-def library_copy(tmp_path, monkeypatch) -> Path:
-    """The spec library in a fresh directory, as the working directory."""
-    shutil.copytree(ROOT / "specs", tmp_path / "specs")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def test_default_directory_comes_from_the_specs_path(library_copy, capsys):
     code, out, _ = run_cli(["compile", "specs/fashion-mnist/resnet20.res"], capsys)
     assert code == 0
     assert out.splitlines() == [
         "wrote generated/fashion_mnist_resnet20_torch/: README.md, __init__.py, data.py, "
-        "model.py, train.py",
+        "model.py, runtime.py, train.py",
         "train it:  python generated/fashion_mnist_resnet20_torch/train.py "
         "--out runs/fashion_mnist_resnet20",
     ]
@@ -278,6 +284,7 @@ def test_a_spec_without_train_section_is_not_told_to_train(tmp_path, capsys):
     ],
 )
 def test_the_compile_path_imports_neither_torch_jax_nor_matplotlib(args, tmp_path):
+    shutil.copytree(ROOT / "specs", tmp_path / "specs")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     code = (
         "import sys\n"
@@ -289,7 +296,7 @@ def test_the_compile_path_imports_neither_torch_jax_nor_matplotlib(args, tmp_pat
         "print('HEAVY', heavy, file=sys.stderr)\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
     )
     assert "HEAVY []" in result.stderr
 

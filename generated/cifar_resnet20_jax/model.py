@@ -3,11 +3,11 @@
 #   resdsl compile specs/cifar/resnet20.res --backend jax -o generated/cifar_resnet20_jax
 """resnet20: a 20-layer residual network for 3x32x32 images and 10 classes (Flax linen).
 
-Stem: 3x3 conv (16), BN, ReLU.
-Stages of basic blocks (two 3x3 convs):
-    layer1 (stage1): 3 x 16 -> 16x32x32
-    layer2 (stage2): 3 x 32, stride 2 -> 32x16x16
-    layer3 (stage3): 3 x 64, stride 2 -> 64x8x8
+Stem (cifar): 3x3 conv (16), BN, ReLU.
+Stages:
+    layer1 (stage1): 3 x BasicBlock(16) -> 16x32x32
+    layer2 (stage2): 3 x BasicBlock(32), stride 2 -> 32x16x16
+    layer3 (stage3): 3 x BasicBlock(64), stride 2 -> 64x8x8
 Shortcuts: option A: identity, subsampled and zero-padded where the shape changes.
 Head: global average pool, 10-way fully connected.
 269,722 parameters, 40,551,040 multiply-adds (40.6 M).
@@ -62,23 +62,26 @@ def zero_pad_shortcut(x: jax.Array, channels: int, strides: int) -> jax.Array:
 class BasicBlock(nn.Module):
     """relu(x + F(x)), F = 3x3 conv, BN, ReLU, 3x3 conv, BN."""
 
+    expansion = 1
+
     planes: int
     norm: ModuleDef
-    strides: int = 1
+    stride: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        outplanes = self.planes
         identity = x
 
-        out = conv3x3(self.planes, self.strides, name="conv1")(x)
+        out = conv3x3(self.planes, self.stride, name="conv1")(x)
         out = self.norm(name="bn1")(out)
         out = nn.relu(out)
 
         out = conv3x3(self.planes, name="conv2")(out)
         out = self.norm(name="bn2")(out)
 
-        if self.strides != 1 or x.shape[-1] != self.planes:
-            identity = zero_pad_shortcut(x, self.planes, self.strides)
+        if self.stride != 1 or x.shape[-1] != outplanes:
+            identity = zero_pad_shortcut(x, outplanes, self.stride)
 
         return nn.relu(out + identity)
 
@@ -105,12 +108,12 @@ class ResNet(nn.Module):
             x = BasicBlock(16, norm, name=f"layer1_{i}")(x)
 
         # layer2 (stage2): 32x16x16
-        x = BasicBlock(32, norm, strides=2, name="layer2_0")(x)
+        x = BasicBlock(32, norm, stride=2, name="layer2_0")(x)
         for i in range(1, 3):
             x = BasicBlock(32, norm, name=f"layer2_{i}")(x)
 
         # layer3 (stage3): 64x8x8
-        x = BasicBlock(64, norm, strides=2, name="layer3_0")(x)
+        x = BasicBlock(64, norm, stride=2, name="layer3_0")(x)
         for i in range(1, 3):
             x = BasicBlock(64, norm, name=f"layer3_{i}")(x)
 

@@ -6,13 +6,15 @@
 Preprocessing, train and test: per-pixel mean subtracted.
 Augmentation, training only: 4-pixel zero pad, random 32x32 crop, horizontal flip.
 
-Images are scaled to [0, 1] and the whole dataset is kept on the training device, where
+Images are scaled to [0, 1]. The training split is kept on the training device, where
 each batch is drawn and augmented with tensor operations: no loader processes, and on a
-GPU no copies from the host.
+GPU no training images copied from the host. The evaluation splits stay on the host
+and go over a batch at a time.
 """
 
 import os
 import pickle
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,51 @@ class DataError(Exception):
     """The data is missing or not in the expected format."""
 
 
+def hold_out(items: np.ndarray, labels: np.ndarray, count: int) -> tuple[tuple, tuple]:
+    """(training, validation): `count` training images held out for validation, the last ones (the paper's 45k/5k split)."""
+    if not 0 <= count < len(labels):
+        raise DataError(f"--val-split {count}: the training split has {len(labels)} images")
+    keep = len(labels) - count
+    return (items[:keep], labels[:keep]), (items[keep:], labels[keep:])
+
+
+def check_batch(batch_size: int, shards: int, unit: str, images: int) -> None:
+    """The global batch must split evenly into shards, and fit in the training split."""
+    if batch_size % shards:
+        raise DataError(f"the batch of {batch_size} does not split over {shards} {unit}")
+    if batch_size > images:
+        raise DataError(f"the batch of {batch_size} is larger than the {images} training images")
+
+
+def read_mean(cache: Path | None, count: int, load):
+    """The mean in `cache` (read by `load`) if it is that of `count` training images, else None;
+    an unreadable cache (cut short, damaged) is computed again."""
+    if cache is None or not cache.is_file():
+        return None
+    try:
+        saved = load(cache)
+        return saved["mean"] if int(saved["count"]) == count else None
+    except Exception:  # a cache, not the data: computed again
+        return None
+
+
+def write_mean(cache: Path, save) -> None:
+    """`save(file)` to a temporary file (one per process: they may write it at once), renamed to
+    `cache`; a failure (a full disk) leaves no temporary file."""
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        handle, partial = tempfile.mkstemp(suffix=".tmp", dir=cache.parent)
+        try:
+            with os.fdopen(handle, "wb") as f:
+                save(f)
+            os.replace(partial, cache)
+        except BaseException:
+            os.unlink(partial)
+            raise
+    except OSError as error:
+        raise DataError(f"cannot write {cache}: {error.strerror}") from None
+
+
 CIFAR_FILES = {
     "train": [f"data_batch_{i}" for i in range(1, 6)],
     "test": ["test_batch"],
@@ -42,12 +89,12 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         with open(path, "rb") as f:
             batch = pickle.load(f, encoding="bytes")
         data, labels = batch[b"data"], batch[LABELS_KEY]
-    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError) as error:
+    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as error:
         raise DataError(f"{path} is not a batch of the python version of {DATASET_NAME} ({error})")
     images = np.asarray(data, dtype=np.uint8)
     if images.ndim != 2 or images.shape[1] != 3 * 32 * 32 or len(images) != len(labels):
         raise DataError(f"{path}: expected N x 3072 bytes and N labels, found {images.shape}")
-    return images.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+    return images.reshape(-1, 3, 32, 32), checked_labels(np.asarray(labels, dtype=np.int64), path)
 
 
 def load_arrays(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -68,6 +115,17 @@ def load_arrays(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return arrays
 
 
+def checked_labels(labels: np.ndarray, path: Path) -> np.ndarray:
+    """The labels of a file, as int64, if each is a class of the network."""
+    labels = labels.astype(np.int64)
+    outside = (labels < 0) | (labels >= CLASSES)
+    if outside.any():
+        raise DataError(
+            f"{path} holds a label {labels[outside][0]} (at {int(outside.argmax())}); the network has {CLASSES} classes, 0 to {CLASSES - 1}"
+        )
+    return labels
+
+
 def to_float(images: np.ndarray) -> torch.Tensor:
     """uint8 images -> float32 in [0, 1]."""
     x = torch.from_numpy(images).float().div_(255)
@@ -76,16 +134,12 @@ def to_float(images: np.ndarray) -> torch.Tensor:
 
 def training_mean(images: torch.Tensor, cache: Path | None) -> torch.Tensor:
     """The training split's mean image, computed once and cached in `cache`."""
-    if cache is not None and cache.is_file():
-        saved = torch.load(cache, map_location="cpu")
-        if saved["count"] == len(images):
-            return saved["mean"]
+    saved = read_mean(cache, len(images), lambda path: torch.load(path, map_location="cpu"))
+    if saved is not None:
+        return saved
     mean = images.double().mean(dim=0).float()
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache.with_suffix(f".{os.getpid()}.tmp")  # processes may write it at once
-        torch.save({"mean": mean, "count": len(images)}, partial)
-        os.replace(partial, cache)
+        write_mean(cache, lambda f: torch.save({"mean": mean, "count": len(images)}, f))
     return mean
 
 
@@ -137,28 +191,21 @@ class ArrayData:
         mean_cache: Path | None = None,
     ) -> None:
         arrays = load_arrays(Path(root).expanduser())
-        images, labels = arrays["train"]
-        if not 0 <= val_split < len(labels):
-            raise DataError(f"--val-split {val_split}: the training split has {len(labels)} images")
-        keep = len(labels) - val_split  # the paper's hold-out: the last images of the training set
-        train = to_float(images[:keep])
+        (images, labels), held_out = hold_out(*arrays["train"], val_split)
+        keep = len(labels)
+        check_batch(batch_size, world, "processes", keep)
+        train = to_float(images)
         mean = training_mean(train, mean_cache)
         train -= mean
         self.train_images = train.to(device)
-        self.train_labels = torch.from_numpy(labels[:keep]).to(device)
-        self.splits = {"test": arrays["test"]}
-        if val_split:
-            self.splits["val"] = (images[keep:], labels[keep:])
+        self.train_labels = torch.from_numpy(labels).to(device)
+        self.splits = {"test": arrays["test"], **({"val": held_out} if val_split else {})}
         self.splits = {
             name: (to_float(x) - mean, torch.from_numpy(y)) for name, (x, y) in self.splits.items()
         }
         self.device, self.batch_size, self.rank, self.world = device, batch_size, rank, world
-        if batch_size % world:
-            raise DataError(f"the batch of {batch_size} does not split over {world} processes")
-        if batch_size > keep:
-            raise DataError(f"the batch of {batch_size} is larger than the {keep} training images")
         self.generator = torch.Generator().manual_seed(seed)
-        self.epoch, self.position = 0, 0
+        self.position = 0  # in the epoch's order
         self.order = torch.randperm(keep, generator=self.generator)
 
     @property
@@ -170,7 +217,7 @@ class ArrayData:
         which images and how each is augmented."""
         if self.position + self.batch_size > len(self.order):  # a new epoch, reshuffled
             self.order = torch.randperm(len(self.train_labels), generator=self.generator)
-            self.epoch, self.position = self.epoch + 1, 0
+            self.position = 0
         draws = {"index": self.order[self.position : self.position + self.batch_size]}
         self.position += self.batch_size
         draws.update(draw_augmentation(self.batch_size, self.generator))
@@ -199,13 +246,12 @@ class ArrayData:
 
     def state_dict(self) -> dict:
         return {
-            "epoch": self.epoch,
             "position": self.position,
             "order": self.order,
             "generator": self.generator.get_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.position = state["epoch"], state["position"]
+        self.position = state["position"]
         self.order = state["order"]
         self.generator.set_state(state["generator"])

@@ -3,11 +3,11 @@
 #   resdsl compile specs/cifar/resnet20.res --backend torch -o generated/cifar_resnet20_torch
 """resnet20: a 20-layer residual network for 3x32x32 images and 10 classes.
 
-Stem: 3x3 conv (16), BN, ReLU.
-Stages of basic blocks (two 3x3 convs):
-    layer1 (stage1): 3 x 16 -> 16x32x32
-    layer2 (stage2): 3 x 32, stride 2 -> 32x16x16
-    layer3 (stage3): 3 x 64, stride 2 -> 64x8x8
+Stem (cifar): 3x3 conv (16), BN, ReLU.
+Stages:
+    layer1 (stage1): 3 x BasicBlock(16) -> 16x32x32
+    layer2 (stage2): 3 x BasicBlock(32), stride 2 -> 32x16x16
+    layer3 (stage3): 3 x BasicBlock(64), stride 2 -> 64x8x8
 Shortcuts: option A: identity, subsampled and zero-padded where the shape changes.
 Head: global average pool, 10-way fully connected.
 269,722 parameters, 40,551,040 multiply-adds (40.6 M).

@@ -6,15 +6,18 @@
 Preprocessing, train and test: zero-padded to 32x32, per-pixel mean subtracted.
 Augmentation, training only: 4-pixel zero pad, random 32x32 crop, horizontal flip.
 
-Images are scaled to [0, 1] and the whole dataset is kept in the memory of every device, with
-channels last ([N, H, W, C]); each batch is drawn and augmented there, inside the compiled training
-step (`training_batch`): no loader processes, and on a GPU no copies from the host.
+Images are scaled to [0, 1], channels last ([N, H, W, C]). The training split is kept in the
+memory of every device; each batch is drawn and augmented there, inside the compiled training step
+(`training_batch`): no loader processes, and on a GPU no training images copied from the host.
+The evaluation splits stay on the host and go over a batch at a time.
 """
 
 import gzip
 import math
 import os
 import struct
+import tempfile
+import zlib
 from pathlib import Path
 
 import jax
@@ -32,6 +35,51 @@ class DataError(Exception):
     """The data is missing or not in the expected format."""
 
 
+def hold_out(items: np.ndarray, labels: np.ndarray, count: int) -> tuple[tuple, tuple]:
+    """(training, validation): `count` training images held out for validation, the last ones (the paper's 45k/5k split)."""
+    if not 0 <= count < len(labels):
+        raise DataError(f"--val-split {count}: the training split has {len(labels)} images")
+    keep = len(labels) - count
+    return (items[:keep], labels[:keep]), (items[keep:], labels[keep:])
+
+
+def check_batch(batch_size: int, shards: int, unit: str, images: int) -> None:
+    """The global batch must split evenly into shards, and fit in the training split."""
+    if batch_size % shards:
+        raise DataError(f"the batch of {batch_size} does not split over {shards} {unit}")
+    if batch_size > images:
+        raise DataError(f"the batch of {batch_size} is larger than the {images} training images")
+
+
+def read_mean(cache: Path | None, count: int, load):
+    """The mean in `cache` (read by `load`) if it is that of `count` training images, else None;
+    an unreadable cache (cut short, damaged) is computed again."""
+    if cache is None or not cache.is_file():
+        return None
+    try:
+        saved = load(cache)
+        return saved["mean"] if int(saved["count"]) == count else None
+    except Exception:  # a cache, not the data: computed again
+        return None
+
+
+def write_mean(cache: Path, save) -> None:
+    """`save(file)` to a temporary file (one per process: they may write it at once), renamed to
+    `cache`; a failure (a full disk) leaves no temporary file."""
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        handle, partial = tempfile.mkstemp(suffix=".tmp", dir=cache.parent)
+        try:
+            with os.fdopen(handle, "wb") as f:
+                save(f)
+            os.replace(partial, cache)
+        except BaseException:
+            os.unlink(partial)
+            raise
+    except OSError as error:
+        raise DataError(f"cannot write {cache}: {error.strerror}") from None
+
+
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -40,11 +88,16 @@ IDX_FILES = {
 
 def read_idx(path: Path) -> np.ndarray:
     """An IDX file (MNIST's format), gzipped or not, as an array of unsigned bytes."""
-    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
-        raw = f.read()
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as error:  # a truncated or corrupt .gz
+        raise DataError(f"{path} cannot be read ({error}); download it again") from None
     if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08:
         raise DataError(f"{path} is not an IDX file of unsigned bytes (bad magic number)")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise DataError(f"{path} is cut short: {len(raw)} bytes, less than its header")
     shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != math.prod(shape):
@@ -72,8 +125,19 @@ def load_arrays(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             raise DataError(
                 f"{root}: {split} images {images.shape} and labels {labels.shape} do not match"
             )
-        arrays[split] = (images[:, None], labels.astype(np.int64))
+        arrays[split] = (images[:, None], checked_labels(labels, find_idx(root, labels_name)))
     return arrays
+
+
+def checked_labels(labels: np.ndarray, path: Path) -> np.ndarray:
+    """The labels of a file, as int64, if each is a class of the network."""
+    labels = labels.astype(np.int64)
+    outside = (labels < 0) | (labels >= CLASSES)
+    if outside.any():
+        raise DataError(
+            f"{path} holds a label {labels[outside][0]} (at {int(outside.argmax())}); the network has {CLASSES} classes, 0 to {CLASSES - 1}"
+        )
+    return labels
 
 
 def to_float(images: np.ndarray) -> np.ndarray:
@@ -90,17 +154,12 @@ def channels_last(images: np.ndarray) -> np.ndarray:
 
 def training_mean(images: np.ndarray, cache: Path | None) -> np.ndarray:
     """The training split's mean image [C, H, W], computed once and cached in `cache`."""
-    if cache is not None and cache.is_file():
-        with np.load(cache) as saved:
-            if saved["count"] == len(images):
-                return saved["mean"]
+    saved = read_mean(cache, len(images), lambda path: dict(np.load(path)))
+    if saved is not None:
+        return saved
     mean = images.mean(axis=0, dtype=np.float64).astype(np.float32)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache.with_suffix(f".{os.getpid()}.tmp")  # processes may write it at once
-        with open(partial, "wb") as f:
-            np.savez(f, mean=mean, count=len(images))
-        os.replace(partial, cache)
+        write_mean(cache, lambda f: np.savez(f, mean=mean, count=len(images)))
     return mean
 
 
@@ -160,28 +219,20 @@ class ArrayData:
         mean_cache: Path | None = None,
     ) -> None:
         arrays = load_arrays(Path(root).expanduser())
-        images, labels = arrays["train"]
-        if not 0 <= val_split < len(labels):
-            raise DataError(f"--val-split {val_split}: the training split has {len(labels)} images")
-        keep = len(labels) - val_split  # the paper's hold-out: the last images of the training set
-        train = to_float(images[:keep])
+        (images, labels), held_out = hold_out(*arrays["train"], val_split)
+        keep = len(labels)
+        check_batch(batch_size, mesh.devices.size, "devices", keep)
+        train = to_float(images)
         mean = training_mean(train, mean_cache)
         train -= mean
         self.train = replicate(
-            {"images": channels_last(train), "labels": labels[:keep].astype(np.int32)}, mesh
+            {"images": channels_last(train), "labels": labels.astype(np.int32)}, mesh
         )
-        self.splits = {"test": arrays["test"]}
-        if val_split:
-            self.splits["val"] = (images[keep:], labels[keep:])
+        self.splits = {"test": arrays["test"], **({"val": held_out} if val_split else {})}
         self.splits = {
             name: (channels_last(to_float(x) - mean), y.astype(np.int32))
             for name, (x, y) in self.splits.items()
         }
-        devices = mesh.devices.size
-        if batch_size % devices:
-            raise DataError(f"the batch of {batch_size} does not split over {devices} devices")
-        if batch_size > keep:
-            raise DataError(f"the batch of {batch_size} is larger than the {keep} training images")
         self.mesh, self.batch_size, self.seed = mesh, batch_size, seed
         self.epoch, self.position = 0, 0  # of the next batch
         self.order = epoch_order(seed, 0, keep)

@@ -3,12 +3,12 @@
 #   resdsl compile specs/resnet34.res --backend jax -o generated/resnet34_jax
 """resnet34: a 34-layer residual network for 3x224x224 images and 1000 classes (Flax linen).
 
-Stem: 7x7/2 conv (64), BN, ReLU, 3x3/2 max pool.
-Stages of basic blocks (two 3x3 convs):
-    layer1 (conv2_x): 3 x 64 -> 64x56x56
-    layer2 (conv3_x): 4 x 128, stride 2 -> 128x28x28
-    layer3 (conv4_x): 6 x 256, stride 2 -> 256x14x14
-    layer4 (conv5_x): 3 x 512, stride 2 -> 512x7x7
+Stem (imagenet): 7x7/2 conv (64), BN, ReLU, 3x3/2 max pool.
+Stages:
+    layer1 (conv2_x): 3 x BasicBlock(64) -> 64x56x56
+    layer2 (conv3_x): 4 x BasicBlock(128), stride 2 -> 128x28x28
+    layer3 (conv4_x): 6 x BasicBlock(256), stride 2 -> 256x14x14
+    layer4 (conv5_x): 3 x BasicBlock(512), stride 2 -> 512x7x7
 Shortcuts: option B: a 1x1 projection where the shape changes, identity elsewhere.
 Head: global average pool, 1000-way fully connected.
 21,797,672 parameters, 3,663,761,408 multiply-adds (3.66 G).
@@ -70,23 +70,26 @@ def conv1x1(features: int, strides: int = 1, *, name: str) -> nn.Conv:
 class BasicBlock(nn.Module):
     """relu(x + F(x)), F = 3x3 conv, BN, ReLU, 3x3 conv, BN."""
 
+    expansion = 1
+
     planes: int
     norm: ModuleDef
-    strides: int = 1
+    stride: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        outplanes = self.planes
         identity = x
 
-        out = conv3x3(self.planes, self.strides, name="conv1")(x)
+        out = conv3x3(self.planes, self.stride, name="conv1")(x)
         out = self.norm(name="bn1")(out)
         out = nn.relu(out)
 
         out = conv3x3(self.planes, name="conv2")(out)
         out = self.norm(name="bn2")(out)
 
-        if self.strides != 1 or x.shape[-1] != self.planes:
-            identity = conv1x1(self.planes, self.strides, name="downsample_0")(x)
+        if self.stride != 1 or x.shape[-1] != outplanes:
+            identity = conv1x1(outplanes, self.stride, name="downsample_0")(x)
             identity = self.norm(name="downsample_1")(identity)
 
         return nn.relu(out + identity)
@@ -115,7 +118,7 @@ class ResNet(nn.Module):
         )(x)
         x = norm(name="bn1")(x)
         x = nn.relu(x)
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # pads with -inf
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
         # layer1 (conv2_x): 64x56x56
         x = BasicBlock(64, norm, name="layer1_0")(x)
@@ -123,17 +126,17 @@ class ResNet(nn.Module):
             x = BasicBlock(64, norm, name=f"layer1_{i}")(x)
 
         # layer2 (conv3_x): 128x28x28
-        x = BasicBlock(128, norm, strides=2, name="layer2_0")(x)
+        x = BasicBlock(128, norm, stride=2, name="layer2_0")(x)
         for i in range(1, 4):
             x = BasicBlock(128, norm, name=f"layer2_{i}")(x)
 
         # layer3 (conv4_x): 256x14x14
-        x = BasicBlock(256, norm, strides=2, name="layer3_0")(x)
+        x = BasicBlock(256, norm, stride=2, name="layer3_0")(x)
         for i in range(1, 6):
             x = BasicBlock(256, norm, name=f"layer3_{i}")(x)
 
         # layer4 (conv5_x): 512x7x7
-        x = BasicBlock(512, norm, strides=2, name="layer4_0")(x)
+        x = BasicBlock(512, norm, stride=2, name="layer4_0")(x)
         for i in range(1, 3):
             x = BasicBlock(512, norm, name=f"layer4_{i}")(x)
 

@@ -30,6 +30,52 @@ class DataError(Exception):
     """The data is missing or not in the expected format."""
 
 
+def hold_out(items: np.ndarray, labels: np.ndarray, count: int) -> tuple[tuple, tuple]:
+    """(training, validation): `count` training images held out for validation, spread evenly over the sorted list (so over every class)."""
+    if not 0 <= count < len(labels):
+        raise DataError(f"--val-split {count}: the training split has {len(labels)} images")
+    held = np.zeros(len(labels), dtype=bool)
+    held[np.arange(count) * len(labels) // count] = True
+    return (items[~held], labels[~held]), (items[held], labels[held])
+
+
+def check_batch(batch_size: int, shards: int, unit: str, images: int) -> None:
+    """The global batch must split evenly into shards, and fit in the training split."""
+    if batch_size % shards:
+        raise DataError(f"the batch of {batch_size} does not split over {shards} {unit}")
+    if batch_size > images:
+        raise DataError(f"the batch of {batch_size} is larger than the {images} training images")
+
+
+def read_mean(cache: Path | None, count: int, load):
+    """The mean in `cache` (read by `load`) if it is that of `count` training images, else None;
+    an unreadable cache (cut short, damaged) is computed again."""
+    if cache is None or not cache.is_file():
+        return None
+    try:
+        saved = load(cache)
+        return saved["mean"] if int(saved["count"]) == count else None
+    except Exception:  # a cache, not the data: computed again
+        return None
+
+
+def write_mean(cache: Path, save) -> None:
+    """`save(file)` to a temporary file (one per process: they may write it at once), renamed to
+    `cache`; a failure (a full disk) leaves no temporary file."""
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        handle, partial = tempfile.mkstemp(suffix=".tmp", dir=cache.parent)
+        try:
+            with os.fdopen(handle, "wb") as f:
+                save(f)
+            os.replace(partial, cache)
+        except BaseException:
+            os.unlink(partial)
+            raise
+    except OSError as error:
+        raise DataError(f"cannot write {cache}: {error.strerror}") from None
+
+
 # Image folders: files, geometry and colour, one image at a time (numpy and PIL only) ---------
 LAYOUT = (
     "ROOT/train/<class>/<image> and ROOT/val/<class>/<image>: one folder per class, the same "
@@ -263,11 +309,19 @@ def subtract_mean(
     return views - mean
 
 
+def first_images(paths: np.ndarray, labels: np.ndarray, limit: int | None) -> tuple:
+    """--eval-images: `limit` images of a split spread evenly over it (so over every class)."""
+    if limit is None or limit >= len(labels):
+        return paths, labels
+    chosen = np.arange(limit) * len(labels) // limit
+    return paths[chosen], labels[chosen]
+
+
 # Image folders: loader processes, batches and devices -----------------------------------------
 class ImageFiles(Dataset):
     """Image files under a root (paths relative to it) and their labels, read by `sample` in the
-    loader's processes. A file that cannot be decoded comes back as its DataError, which the
-    training process raises, so the message is the file's and not a worker's traceback."""
+    loader processes. A file that cannot be decoded comes back as its DataError, which the
+    training process raises, so the message is the file's and not a loader's traceback."""
 
     def __init__(
         self, root: Path, paths: np.ndarray, labels: np.ndarray, mean: np.ndarray | None
@@ -397,20 +451,9 @@ class FolderData:
     ) -> None:
         self.root = Path(root).expanduser()
         splits = list_images(self.root)
-        paths, labels = splits["train"]
-        if not 0 <= val_split < len(labels):
-            raise DataError(f"--val-split {val_split}: the training split has {len(labels)} images")
-        held = np.zeros(len(labels), dtype=bool)
-        held[np.arange(val_split) * len(labels) // val_split] = True  # spread over the classes
-        keep = len(labels) - val_split
-        self.train = (paths[~held], labels[~held])
-        self.splits = {"test": splits["test"]}
-        if val_split:
-            self.splits["val"] = (paths[held], labels[held])
-        if batch_size % world:
-            raise DataError(f"the batch of {batch_size} does not split over {world} processes")
-        if batch_size > keep:
-            raise DataError(f"the batch of {batch_size} is larger than the {keep} training images")
+        self.train, held_out = hold_out(*splits["train"], val_split)
+        check_batch(batch_size, world, "processes", len(self.train[1]))
+        self.splits = {"test": splits["test"], **({"val": held_out} if val_split else {})}
         self.device, self.batch_size, self.seed = device, batch_size, seed
         self.rank, self.world, self.workers = rank, world, workers
         self.mean = self.training_mean(mean_cache)
@@ -461,10 +504,7 @@ class FolderData:
         ten_crop: [B, 10, 3, CROP, CROP], the corner and centre crops and their mirror images;
         multiscale: one image at a time, a list of [2, 3, h, w] (a scale and its mirror image).
         """
-        paths, labels = self.splits[split]
-        if limit is not None and limit < len(labels):
-            chosen = np.arange(limit) * len(labels) // limit  # spread over the classes
-            paths, labels = paths[chosen], labels[chosen]
+        paths, labels = first_images(*self.splits[split], limit)
         part = np.array_split(np.arange(len(labels)), self.world)[self.rank]
         images = EvalImages(self.root, paths[part], labels[part], EVAL_VIEWS[protocol], self.mean)
         if protocol == "multiscale":  # the views of one image differ in size from the next's
@@ -480,10 +520,9 @@ class FolderData:
     def training_mean(self, cache: Path | None) -> np.ndarray:
         """The training mean image [3, CROP, CROP], computed once and cached in `cache`."""
         paths, labels = self.train
-        if cache is not None and cache.is_file():
-            saved = torch.load(cache, map_location="cpu")
-            if saved["count"] == len(paths):
-                return saved["mean"].numpy()
+        saved = read_mean(cache, len(paths), lambda path: torch.load(path, map_location="cpu"))
+        if saved is not None:
+            return saved.numpy()
         chosen = mean_sample(len(paths))
         images = EvalImages(self.root, paths[chosen], labels[chosen], centre_view, None)
         total = torch.zeros(3, CROP, CROP, dtype=torch.float64)
@@ -492,11 +531,7 @@ class FolderData:
             total += views.double().sum(dim=0)
         mean = (total / len(chosen)).float()
         if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            handle, partial = tempfile.mkstemp(suffix=".tmp", dir=cache.parent)  # one per process
-            with os.fdopen(handle, "wb") as f:
-                torch.save({"mean": mean, "count": len(paths)}, f)
-            os.replace(partial, cache)
+            write_mean(cache, lambda f: torch.save({"mean": mean, "count": len(paths)}, f))
         return mean.numpy()
 
     def state_dict(self) -> dict:

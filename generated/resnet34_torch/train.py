@@ -26,11 +26,12 @@ mean).
 
 import argparse
 import contextlib
+import io
 import json
 import math
 import os
+import signal
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -38,10 +39,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+import runtime
 from data import DATA_PATH, FolderData, DataError
 from model import build_model
 
 # The spec's training section ----------------------------------------------------------------
+SPEC = "specs/resnet34.res"
 BATCH_SIZE = 256  # the global batch, split over processes
 LR = 0.1
 MOMENTUM = 0.9
@@ -60,58 +63,26 @@ TOP5 = True
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Train resnet34 (specs/resnet34.res).")
-    p.add_argument("--data", default=DATA_PATH, help="dataset directory (default: %(default)s)")
-    p.add_argument("--out", default="runs/resnet34", help="run directory (default: %(default)s)")
-    p.add_argument("--iterations", type=int, help="train this many iterations; milestones scale")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="global batch size")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--seed", type=int, default=0)
+    p = runtime.training_parser(
+        "Train resnet34 (specs/resnet34.res).",
+        data=DATA_PATH,
+        out="runs/resnet34",
+        batch_size=BATCH_SIZE,
+        val_split=VAL_SPLIT,
+        checkpoint="checkpoint.pt",
+        held_out="N training images, spread over them,",
+    )
     p.add_argument(
         "--workers",
-        type=int,
+        type=runtime.non_negative,
         default=min(8, os.cpu_count() or 1),
         help="decoding processes per training process (default: %(default)s)",
     )
-    p.add_argument("--checkpoint-every", type=int, default=1000, metavar="N", help="iterations")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--eval-only", action="store_true", help="evaluate --checkpoint and stop")
-    p.add_argument("--checkpoint", type=Path, help="checkpoint for --eval-only")
-    p.add_argument(
-        "--val-split",
-        type=int,
-        default=VAL_SPLIT,
-        metavar="N",
-        help="hold out N training images, spread over them, for validation",
-    )
-    p.add_argument(
-        "--eval-images", type=int, metavar="N", help="evaluate N images of each split only"
-    )
-    p.add_argument(
-        "--log-every",
-        type=int,
-        metavar="N",
-        help="iterations (default: 100, or a tenth of a short run)",
-    )
-    p.add_argument(
-        "--amp",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="bf16 autocast (default: on CUDA)",
-    )
-    p.add_argument(
-        "--compile",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="torch.compile the model (default: on CUDA)",
-    )
-    p.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="a progress bar (default: when stderr is a terminal)",
-    )
-    return p.parse_args(argv)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    runtime.switch(p, "--amp", "bf16 autocast (default: on CUDA)")
+    runtime.switch(p, "--channels-last", "channels_last memory format (default: on CUDA)")
+    runtime.switch(p, "--compile", "torch.compile the model (default: on CUDA)")
+    return runtime.parse(p, argv)
 
 
 # Processes and devices ----------------------------------------------------------------------
@@ -123,7 +94,7 @@ def setup(device_name: str) -> tuple[int, int, torch.device]:
     if device_name == "auto":
         device_name = "cuda" if torch.cuda.is_available() else "cpu"
     if device_name == "cuda" and not torch.cuda.is_available():
-        sys.exit("error: --device cuda, but PyTorch sees no CUDA device")
+        raise runtime.RunError("--device cuda, but PyTorch sees no CUDA device")
     device = torch.device("cuda", local_rank) if device_name == "cuda" else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -149,7 +120,7 @@ def all_sum(values: list[float], device: torch.device, world: int) -> list[float
 class Schedule:
     """The learning rate at each iteration: LR, times 0.1 when the validation error plateaus."""
 
-    def __init__(self, total: int, spec_total: int, iterations_per_epoch: int) -> None:
+    def __init__(self, total: int, spec_total: int) -> None:
         # the spec's counts, in iterations, scaled when --iterations changes the length
         def scaled(n: int) -> int:
             return max(1, round(n * total / spec_total))
@@ -197,19 +168,19 @@ def evaluate(model: torch.nn.Module, data, split: str, protocol: str, args, devi
 
 def single_view(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Scores of one centre crop per image: [B, C, H, W] -> [B, classes]."""
-    return model(images.contiguous(memory_format=torch.channels_last)).float()
+    return model(images).float()
 
 
 def ten_crop(model: torch.nn.Module, crops: torch.Tensor) -> torch.Tensor:
     """Softmax averaged over the 4 corner and centre crops and their flips: [B, 10, C, H, W]."""
     batch = crops.shape[0]
-    logits = model(crops.flatten(0, 1).contiguous(memory_format=torch.channels_last)).float()
+    logits = model(crops.flatten(0, 1)).float()
     return logits.softmax(1).view(batch, 10, -1).mean(1)
 
 
 def fully_convolutional(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     """The fc applied as a 1x1 convolution over the last feature map, scores averaged over it."""
-    features = model.forward_features(images.contiguous(memory_format=torch.channels_last))
+    features = model.forward_features(images)
     weight = model.fc.weight[:, :, None, None].to(features.dtype)
     scores = F.conv2d(features, weight, model.fc.bias.to(features.dtype))  # [N, classes, h, w]
     return scores.float().mean(dim=(2, 3))
@@ -241,176 +212,155 @@ def autocast(args, device):
 
 
 # Checkpoints --------------------------------------------------------------------------------
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write to a temporary file, then rename: the file is always a complete checkpoint."""
-    partial = path.with_suffix(".tmp")
-    with open(partial, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(partial, path)
+def save_checkpoint(run: runtime.RunDirectory, model: torch.nn.Module, parts: dict, iteration: int,
+                    clock: dict, window: list) -> None:  # fmt: skip
+    """torch.save of the model's and `parts`' state dicts, the random generators' states, the
+    clock and the log window (so that the log line after a resume is the same), with the spec and
+    a checksum (runtime.py), renamed into place."""
+    device = next(model.parameters()).device
+    state = {
+        "model": model.state_dict(),
+        **{name: part.state_dict() for name, part in parts.items()},
+    }
+    state["rng"] = {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+    state |= {"iteration": iteration, "clock": clock, "log_window": [t.cpu() for t in window]}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    run.save_checkpoint(buffer.getvalue(), SPEC)
 
 
-def append_metrics(run: Path, record: dict) -> None:
-    with open(run / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
+def load_checkpoint(path: Path, model: torch.nn.Module, device: torch.device) -> dict:
+    """A checkpoint of this spec, its weights loaded into `model`; anything else is refused."""
+    payload = runtime.read_checkpoint(path, SPEC)
+    try:
+        state = torch.load(io.BytesIO(payload), map_location=device)
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0]
+        raise runtime.RunError(f"{path} does not hold weights of this network ({reason})") from None
+    return state
 
 
-def keep_metrics_until(run: Path, iteration: int) -> None:
-    """On resume, drop what was logged after the checkpoint (it is logged again), and a last
-    line cut short when the run was stopped."""
-    path = run / "metrics.jsonl"
-    if path.exists():
-        kept = []
-        for line in path.read_text().splitlines():
-            try:
-                if json.loads(line)["iteration"] <= iteration:
-                    kept.append(line + "\n")
-            except json.JSONDecodeError:
-                pass
-        write_atomically(path, "".join(kept))
+def resume(
+    run: runtime.RunDirectory, model: torch.nn.Module, parts: dict, device: torch.device, rank: int
+) -> dict:
+    """The state of the run's checkpoint, restored into `model`, `parts` and the random
+    generators; without a checkpoint (stopped before the first), an empty state: it starts again."""
+    state = load_checkpoint(run.checkpoint, model, device) if run.checkpoint.exists() else {}
+    if state:
+        for name, part in parts.items():
+            part.load_state_dict(state[name])
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+    if rank == 0:
+        run.resume_at(state.get("iteration", 0))
+    return state
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write to a temporary file, then rename: the file is never half written."""
-    partial = path.with_suffix(".tmp")
-    partial.write_text(text)
-    os.replace(partial, path)
-
-
-class Stopped(Exception):
-    """Training cannot go on (a NaN or infinite loss); the last good checkpoint stays."""
-
-    def __init__(self, reason: str, checkpoint: Path) -> None:
-        kept = (
-            f"the last good checkpoint is {checkpoint}"
-            if checkpoint.exists()
-            else "no checkpoint was written"
-        )
-        super().__init__(f"{reason}; stopping ({kept})")
+def check_finite(
+    model: torch.nn.Module, window: list, done: int, run: runtime.RunDirectory, world: int
+) -> None:
+    """Stop, keeping the last good checkpoint, rather than write one of a NaN or infinite state."""
+    device = next(model.parameters()).device
+    loss = all_sum([float(torch.stack(window)[:, 0].sum()) if window else 0.0], device, world)[0]
+    if not math.isfinite(loss):
+        raise runtime.Stopped(f"the training loss is {loss} by iteration {done}", run.checkpoint)
+    if not all(
+        bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point()
+    ):
+        raise runtime.Stopped(f"the weights are not finite after iteration {done}", run.checkpoint)
 
 
 # Training -----------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    rank, world, device = setup(args.device)
+def choose_defaults(args: argparse.Namespace, device: torch.device, world: int) -> None:
+    """The options left to their defaults, for this device and number of processes."""
     cuda = device.type == "cuda"
     args.amp = cuda if args.amp is None else args.amp
+    # channels_last is faster on CUDA; on the CPU some builds of torch corrupt memory in its
+    # backward pass of strided 1x1 convolutions, so there the default is the contiguous format
+    args.channels_last = cuda if args.channels_last is None else args.channels_last
+    args.memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     args.compile = cuda if args.compile is None else args.compile
-    show_progress = (sys.stderr.isatty() if args.progress is None else args.progress) and rank == 0
-    run = Path(args.out)
-    earlier = [n for n in ("checkpoint.pt", "metrics.jsonl", "final.json") if (run / n).exists()]
-    if earlier and not (args.resume or args.eval_only):  # never overwrite another run
-        sys.exit(
-            f"error: {run} holds an earlier run ({', '.join(earlier)}); go on with it (--resume) "
-            "or train into another directory (--out)"
-        )
-    if rank == 0:
-        run.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(args.seed)
+    args.progress = sys.stderr.isatty() if args.progress is None else args.progress
 
+
+def evaluate_all(model: torch.nn.Module, data, args, device, world) -> dict:
+    """Every split (the held-out one, if any, and test) by every protocol of the spec."""
+    return {
+        split: {p: evaluate(model, data, split, p, args, device, world) for p in EVAL}
+        for split in sorted(data.splits)
+    }
+
+
+def wrapped(model: torch.nn.Module, args, device: torch.device, world: int) -> torch.nn.Module:
+    """The model as the training step calls it: in DistributedDataParallel under torchrun, and
+    torch.compiled with --compile."""
+    if world > 1:
+        model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    return torch.compile(model) if args.compile else model
+
+
+def mean_over_processes(window: list, device: torch.device, world: int) -> list[float]:
+    """The mean [loss, error] of the iterations in `window`, over every process."""
+    return [v / world for v in all_sum(torch.stack(window).mean(0).tolist(), device, world)]
+
+
+def stop_requested(signals: runtime.Signals, device: torch.device, world: int) -> bool:
+    """Whether a process has been sent SIGINT or SIGTERM (all processes stop together)."""
+    return all_sum([float(signals.received is not None)], device, world)[0] > 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    signals = runtime.Signals()  # Ctrl-C, SIGTERM: the step is finished and checkpointed
+    rank, world, device = setup(args.device)
+    choose_defaults(args, device, world)
+    run = runtime.RunDirectory(Path(args.out), "checkpoint.pt")
+    if not args.eval_only and not run.start(args.resume, lead=rank == 0):
+        return  # a finished run: nothing to do
+    torch.manual_seed(args.seed)
     data = FolderData(
-        args.data,
-        device,
-        batch_size=args.batch_size,
-        val_split=args.val_split,
-        seed=args.seed,
-        rank=rank,
-        world=world,
-        workers=args.workers,
-        mean_cache=run / "mean.pt",
-    )
-    model = build_model().to(device, memory_format=torch.channels_last)  # faster on GPU and CPU
+        args.data, device, batch_size=args.batch_size, val_split=args.val_split, seed=args.seed,
+        rank=rank, world=world, workers=args.workers, mean_cache=run.path / "mean.pt",
+    )  # fmt: skip
+    model = build_model().to(device, memory_format=args.memory_format)  # inputs follow the weights
     if args.eval_only:
-        if args.checkpoint is None:
-            sys.exit("error: --eval-only needs --checkpoint PATH")
-        model.load_state_dict(torch.load(args.checkpoint, map_location=device)["model"])
-        results = {
-            split: {p: evaluate(model, data, split, p, args, device, world) for p in EVAL}
-            for split in sorted(data.splits)
-        }
+        load_checkpoint(args.checkpoint, model, device)
+        results = evaluate_all(model, data, args, device, world)
         if rank == 0:
             print(json.dumps(results, indent=2))
         return
 
-    spec_total = ITERATIONS
-    total = args.iterations or spec_total
-    schedule = Schedule(total, spec_total, data.iterations_per_epoch)
+    total = args.iterations or ITERATIONS
+    schedule = Schedule(total, ITERATIONS)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY
     )
-    start = 0
-    clock = {"train_s": 0.0, "images": 0, "wall_s": 0.0}  # carried over a resume
-    window = []  # (loss, error) device tensors of the iterations since the last log
-    run_start = time.perf_counter()
-    checkpoint_path = run / "checkpoint.pt"
-    if args.resume and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        data.load_state_dict(state["data"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if cuda and state["rng"]["cuda"] is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-        start, clock = state["iteration"], state["clock"]
-        window = [t.to(device) for t in state["log_window"]]
-        if rank == 0:
-            keep_metrics_until(run, start)
-            print(f"resumed from {checkpoint_path} at iteration {start}")
-    elif args.resume and rank == 0:
-        keep_metrics_until(run, 0)  # stopped before its first checkpoint: it starts again
+    # what a checkpoint holds beside the model; a resume restores it
+    parts = {"optimizer": optimizer, "schedule": schedule, "data": data}
+    state = resume(run, model, parts, device, rank) if args.resume else {}
+    start, window = state.get("iteration", 0), [t.to(device) for t in state.get("log_window", [])]
+    log = runtime.TrainingLog(run, args, total, start, lead=rank == 0, clock=state.get("clock"))
 
-    step_model = (
-        DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
-        if world > 1
-        else model
-    )
-    if args.compile:
-        step_model = torch.compile(step_model)
+    step_model = wrapped(model, args, device, world)  # DistributedDataParallel, torch.compile
 
     def train_step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Forward, backward, update; the batch's [loss, error]."""
         optimizer.zero_grad(set_to_none=True)
         with autocast(args, device):
-            logits = step_model(images.contiguous(memory_format=torch.channels_last))
+            logits = step_model(images)
             loss = F.cross_entropy(logits.float(), labels)
         loss.backward()
         optimizer.step()
         return torch.stack([loss.detach(), (logits.argmax(1) != labels).float().mean()])
 
-    def checkpoint(iteration: int) -> None:
-        """Save the latest state, never weights that are no longer finite (on every process)."""
-        tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
-        if not all(bool(torch.isfinite(t).all()) for t in tensors):
-            raise Stopped(
-                f"the weights are not finite after iteration {iteration}", checkpoint_path
-            )
-        if rank != 0:
-            return
-        wall = clock["wall_s"] + time.perf_counter() - run_start
-        save_checkpoint(checkpoint_path, {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
-            "data": data.state_dict(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state(device) if cuda else None,
-            },
-            "iteration": iteration,
-            "clock": {**clock, "wall_s": wall},
-            "log_window": [t.cpu() for t in window],  # so the log line after a resume is the same
-            "spec": "specs/resnet34.res",
-        })  # fmt: skip
-
-    progress = None
-    if show_progress:
-        from tqdm import tqdm
-
-        progress = tqdm(total=total, initial=start, unit="it", dynamic_ncols=True)
-    log_every = args.log_every or max(1, min(100, total // 10))
-    interval_start = time.perf_counter()  # of the current log interval, pauses excluded
+    signals.armed = True
     model.train()
     for iteration in range(start, total):
         # the learning rate of this iteration
@@ -419,101 +369,44 @@ def main(argv: list[str] | None = None) -> None:
             group["lr"] = lr
 
         # forward, backward, update
-        stats = train_step(*data.train_batch())
-        window.append(stats)
+        window.append(train_step(*data.train_batch()))
         done = iteration + 1
 
         # log: the mean loss and error since the last log line
-        if done % log_every == 0 or done == total:
-            loss_mean, error_mean = (
-                v / world for v in all_sum(torch.stack(window).mean(0).tolist(), device, world)
-            )
-            if not math.isfinite(loss_mean):
-                raise Stopped(
-                    f"the training loss is {loss_mean} by iteration {done}", checkpoint_path
-                )
-            seconds = time.perf_counter() - interval_start
-            interval_start = time.perf_counter()
-            clock["train_s"] += seconds
-            clock["images"] += len(window) * args.batch_size
-            record = {
-                "iteration": done,
-                "lr": lr,
-                "train_loss": loss_mean,
-                "train_error": error_mean,
-                "images_per_s": len(window) * args.batch_size / seconds,
-            }
+        if log.due(done):
+            loss, error = mean_over_processes(window, device, world)
+            log.interval(done, lr, loss, error, len(window))
             window = []
-            if rank == 0:
-                append_metrics(run, record)
-                line = (
-                    f"iter {done:>7}/{total}  lr {lr:.4g}  loss {loss_mean:.4f}  "
-                    f"error {error_mean:.2%}  {record['images_per_s']:,.0f} img/s"
-                )
-                if progress is not None:
-                    progress.update(done - progress.n)
-                    progress.set_postfix_str(f"loss {loss_mean:.3f} err {error_mean:.1%}")
-                else:
-                    print(line, flush=True)
 
         # validate: on the held-out split, or the test split without one
         if done % schedule.validate_every == 0 and done < total:
-            paused = time.perf_counter()
-            split = "val" if "val" in data.splits else "test"
-            result = evaluate(model, data, split, "single_view", args, device, world)
-            schedule.validated(result["top1_error"])
-            if rank == 0:
-                append_metrics(
-                    run, {"iteration": done, "split": split, "protocol": "single_view", **result}
-                )
-            interval_start += time.perf_counter() - paused  # not training time
-
-        # checkpoint: only weights from finite losses
-        if done % args.checkpoint_every == 0 or done == total:
-            paused = time.perf_counter()
-            if window:
-                loss_now = all_sum([float(torch.stack(window)[:, 0].sum())], device, world)[0]
-                if not math.isfinite(loss_now):
-                    raise Stopped(
-                        f"the training loss is {loss_now} by iteration {done}", checkpoint_path
+            with log.paused():
+                split = "val" if "val" in data.splits else "test"
+                result = evaluate(model, data, split, "single_view", args, device, world)
+                schedule.validated(result["top1_error"])
+                if rank == 0:
+                    run.append_metrics(
+                        {"iteration": done, "split": split, "protocol": "single_view", **result}
                     )
-            checkpoint(done)
-            interval_start += time.perf_counter() - paused
-    if progress is not None:
-        progress.close()
+
+        # checkpoint: every --checkpoint-every iterations, at the end, and when stopped
+        stop = stop_requested(signals, device, world)
+        if stop or done % args.checkpoint_every == 0 or done == total:
+            with log.paused():
+                check_finite(model, window, done, run, world)
+                if rank == 0:
+                    save_checkpoint(run, model, parts, done, log.state(), window)
+        if stop:
+            raise runtime.Interrupted(signals.received or signal.SIGTERM, done)
+    signals.armed = False
 
     # evaluate: the held-out split (if any) and the test split, by every protocol of the spec
-    results = {
-        split: {p: evaluate(model, data, split, p, args, device, world) for p in EVAL}
-        for split in sorted(data.splits)
-    }
-    if rank == 0:
-        for split, by_protocol in results.items():
-            for protocol, result in by_protocol.items():
-                append_metrics(
-                    run, {"iteration": total, "split": split, "protocol": protocol, **result}
-                )
-        test = results["test"][EVAL[0]]
-        final = {
-            "spec": "specs/resnet34.res",
-            "iterations": total,
-            "test_top1_error": test["top1_error"],
-            "test_top5_error": test.get("top5_error"),
-            "wall_s": clock["wall_s"] + time.perf_counter() - run_start,  # the whole run
-            "train_s": clock["train_s"],  # the training iterations alone
-            "images_per_s": clock["images"] / clock["train_s"] if clock["train_s"] else None,
-            "results": results,
-        }
-        write_atomically(run / "final.json", json.dumps(final, indent=2) + "\n")
-        error = final["test_top1_error"]
-        print(f"test error {error:.2%} (accuracy {1 - error:.2%}) after {total} iterations")
+    log.finish(evaluate_all(model, data, args, device, world), EVAL[0], SPEC)
 
 
 if __name__ == "__main__":
     try:
-        main()
-    except (DataError, Stopped) as error:
-        sys.exit(f"error: {error}")
+        runtime.main_guard(main, (DataError,))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

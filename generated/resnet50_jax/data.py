@@ -15,6 +15,7 @@ import functools
 import os
 import tempfile
 import multiprocessing
+import signal
 import threading
 import time
 from collections import deque
@@ -34,6 +35,52 @@ CLASSES = 1000
 
 class DataError(Exception):
     """The data is missing or not in the expected format."""
+
+
+def hold_out(items: np.ndarray, labels: np.ndarray, count: int) -> tuple[tuple, tuple]:
+    """(training, validation): `count` training images held out for validation, spread evenly over the sorted list (so over every class)."""
+    if not 0 <= count < len(labels):
+        raise DataError(f"--val-split {count}: the training split has {len(labels)} images")
+    held = np.zeros(len(labels), dtype=bool)
+    held[np.arange(count) * len(labels) // count] = True
+    return (items[~held], labels[~held]), (items[held], labels[held])
+
+
+def check_batch(batch_size: int, shards: int, unit: str, images: int) -> None:
+    """The global batch must split evenly into shards, and fit in the training split."""
+    if batch_size % shards:
+        raise DataError(f"the batch of {batch_size} does not split over {shards} {unit}")
+    if batch_size > images:
+        raise DataError(f"the batch of {batch_size} is larger than the {images} training images")
+
+
+def read_mean(cache: Path | None, count: int, load):
+    """The mean in `cache` (read by `load`) if it is that of `count` training images, else None;
+    an unreadable cache (cut short, damaged) is computed again."""
+    if cache is None or not cache.is_file():
+        return None
+    try:
+        saved = load(cache)
+        return saved["mean"] if int(saved["count"]) == count else None
+    except Exception:  # a cache, not the data: computed again
+        return None
+
+
+def write_mean(cache: Path, save) -> None:
+    """`save(file)` to a temporary file (one per process: they may write it at once), renamed to
+    `cache`; a failure (a full disk) leaves no temporary file."""
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        handle, partial = tempfile.mkstemp(suffix=".tmp", dir=cache.parent)
+        try:
+            with os.fdopen(handle, "wb") as f:
+                save(f)
+            os.replace(partial, cache)
+        except BaseException:
+            os.unlink(partial)
+            raise
+    except OSError as error:
+        raise DataError(f"cannot write {cache}: {error.strerror}") from None
 
 
 # Image folders: files, geometry and colour, one image at a time (numpy and PIL only) ---------
@@ -269,6 +316,14 @@ def subtract_mean(
     return views - mean
 
 
+def first_images(paths: np.ndarray, labels: np.ndarray, limit: int | None) -> tuple:
+    """--eval-images: `limit` images of a split spread evenly over it (so over every class)."""
+    if limit is None or limit >= len(labels):
+        return paths, labels
+    chosen = np.arange(limit) * len(labels) // limit
+    return paths[chosen], labels[chosen]
+
+
 # Image folders: loader processes, batches and devices -----------------------------------------
 class ImageFiles:
     """Image files under a root (paths relative to it) and their labels, read by `sample` in the
@@ -390,6 +445,7 @@ LOADER_IMAGES: ImageFiles | None = None
 def start_loader(images: ImageFiles) -> None:
     global LOADER_IMAGES
     LOADER_IMAGES = images
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the training process stops the run
     threading.Thread(target=exit_with_parent, daemon=True).start()
 
 
@@ -438,21 +494,9 @@ class FolderData:
     ) -> None:
         self.root = Path(root).expanduser()
         splits = list_images(self.root)
-        paths, labels = splits["train"]
-        if not 0 <= val_split < len(labels):
-            raise DataError(f"--val-split {val_split}: the training split has {len(labels)} images")
-        held = np.zeros(len(labels), dtype=bool)
-        held[np.arange(val_split) * len(labels) // val_split] = True  # spread over the classes
-        keep = len(labels) - val_split
-        self.train = (paths[~held], labels[~held])
-        self.splits = {"test": splits["test"]}
-        if val_split:
-            self.splits["val"] = (paths[held], labels[held])
-        devices = mesh.devices.size
-        if batch_size % devices:
-            raise DataError(f"the batch of {batch_size} does not split over {devices} devices")
-        if batch_size > keep:
-            raise DataError(f"the batch of {batch_size} is larger than the {keep} training images")
+        self.train, held_out = hold_out(*splits["train"], val_split)
+        check_batch(batch_size, mesh.devices.size, "devices", len(self.train[1]))
+        self.splits = {"test": splits["test"], **({"val": held_out} if val_split else {})}
         self.mesh, self.batch_size, self.seed, self.workers = mesh, batch_size, seed, workers
         self.rank, self.world = jax.process_index(), jax.process_count()
         self.mean = self.training_mean(mean_cache)
@@ -512,10 +556,7 @@ class FolderData:
         Batches of single_view and ten_crop are sharded over the devices (each process loads
         its shard), and the last is filled up with images labelled -1, which count for nothing.
         """
-        paths, labels = self.splits[split]
-        if limit is not None and limit < len(labels):
-            chosen = np.arange(limit) * len(labels) // limit  # spread over the classes
-            paths, labels = paths[chosen], labels[chosen]
+        paths, labels = first_images(*self.splits[split], limit)
         images = EvalImages(self.root, paths, labels, EVAL_VIEWS[protocol], self.mean)
         count = len(labels)
         if protocol == "multiscale":  # the views of one image differ in size from the next's
@@ -537,10 +578,9 @@ class FolderData:
     def training_mean(self, cache: Path | None) -> np.ndarray:
         """The training mean image [3, CROP, CROP], computed once and cached in `cache`."""
         paths, labels = self.train
-        if cache is not None and cache.is_file():
-            with np.load(cache) as saved:
-                if saved["count"] == len(paths):
-                    return saved["mean"]
+        saved = read_mean(cache, len(paths), lambda path: dict(np.load(path)))
+        if saved is not None:
+            return saved
         chosen = mean_sample(len(paths))
         images = EvalImages(self.root, paths[chosen], labels[chosen], centre_view, None)
         total = np.zeros((CROP, CROP, 3), dtype=np.float64)
@@ -553,11 +593,7 @@ class FolderData:
             total += views.sum(axis=0, dtype=np.float64)
         mean = (total / len(chosen)).astype(np.float32).transpose(2, 0, 1)
         if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            handle, partial = tempfile.mkstemp(suffix=".tmp", dir=cache.parent)  # one per process
-            with os.fdopen(handle, "wb") as f:
-                np.savez(f, mean=mean, count=len(paths))
-            os.replace(partial, cache)
+            write_mean(cache, lambda f: np.savez(f, mean=mean, count=len(paths)))
         return mean
 
     def state_dict(self) -> dict:

@@ -3,12 +3,12 @@
 #   resdsl compile specs/torchvision/resnet50.res --backend jax -o generated/torchvision_resnet50_jax
 """resnet50: a 50-layer residual network for 3x224x224 images and 1000 classes (Flax linen).
 
-Stem: 7x7/2 conv (64), BN, ReLU, 3x3/2 max pool.
-Stages of bottleneck blocks (1x1, 3x3, 1x1; expansion 4), the stride on the 3x3:
-    layer1 (conv2_x): 3 x 64 -> 256x56x56
-    layer2 (conv3_x): 4 x 128, stride 2 -> 512x28x28
-    layer3 (conv4_x): 6 x 256, stride 2 -> 1024x14x14
-    layer4 (conv5_x): 3 x 512, stride 2 -> 2048x7x7
+Stem (imagenet): 7x7/2 conv (64), BN, ReLU, 3x3/2 max pool.
+Stages:
+    layer1 (conv2_x): 3 x Bottleneck(64) -> 256x56x56
+    layer2 (conv3_x): 4 x Bottleneck(128), stride 2 -> 512x28x28
+    layer3 (conv4_x): 6 x Bottleneck(256), stride 2 -> 1024x14x14
+    layer4 (conv5_x): 3 x Bottleneck(512), stride 2 -> 2048x7x7
 Shortcuts: option B: a 1x1 projection where the shape changes, identity elsewhere.
 Head: global average pool, 1000-way fully connected.
 25,557,032 parameters, 4,089,184,256 multiply-adds (4.09 G).
@@ -70,14 +70,14 @@ def conv1x1(features: int, strides: int = 1, *, name: str) -> nn.Conv:
 class Bottleneck(nn.Module):
     """relu(x + F(x)), F = 1x1 conv, BN, ReLU, 3x3 conv, BN, ReLU, 1x1 conv, BN.
 
-    The stride sits on the 3x3 (torchvision's "ResNet v1.5"; the paper puts it on the first 1x1).
+    The stride sits on the 3x3 conv (conv2).
     """
 
     expansion = 4
 
     planes: int
     norm: ModuleDef
-    strides: int = 1
+    stride: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -88,15 +88,15 @@ class Bottleneck(nn.Module):
         out = self.norm(name="bn1")(out)
         out = nn.relu(out)
 
-        out = conv3x3(self.planes, self.strides, name="conv2")(out)
+        out = conv3x3(self.planes, self.stride, name="conv2")(out)
         out = self.norm(name="bn2")(out)
         out = nn.relu(out)
 
-        out = conv1x1(outplanes, name="conv3")(out)
+        out = conv1x1(self.planes * self.expansion, name="conv3")(out)
         out = self.norm(name="bn3")(out)
 
-        if self.strides != 1 or x.shape[-1] != outplanes:
-            identity = conv1x1(outplanes, self.strides, name="downsample_0")(x)
+        if self.stride != 1 or x.shape[-1] != outplanes:
+            identity = conv1x1(outplanes, self.stride, name="downsample_0")(x)
             identity = self.norm(name="downsample_1")(identity)
 
         return nn.relu(out + identity)
@@ -125,7 +125,7 @@ class ResNet(nn.Module):
         )(x)
         x = norm(name="bn1")(x)
         x = nn.relu(x)
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # pads with -inf
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
         # layer1 (conv2_x): 256x56x56
         x = Bottleneck(64, norm, name="layer1_0")(x)
@@ -133,17 +133,17 @@ class ResNet(nn.Module):
             x = Bottleneck(64, norm, name=f"layer1_{i}")(x)
 
         # layer2 (conv3_x): 512x28x28
-        x = Bottleneck(128, norm, strides=2, name="layer2_0")(x)
+        x = Bottleneck(128, norm, stride=2, name="layer2_0")(x)
         for i in range(1, 4):
             x = Bottleneck(128, norm, name=f"layer2_{i}")(x)
 
         # layer3 (conv4_x): 1024x14x14
-        x = Bottleneck(256, norm, strides=2, name="layer3_0")(x)
+        x = Bottleneck(256, norm, stride=2, name="layer3_0")(x)
         for i in range(1, 6):
             x = Bottleneck(256, norm, name=f"layer3_{i}")(x)
 
         # layer4 (conv5_x): 2048x7x7
-        x = Bottleneck(512, norm, strides=2, name="layer4_0")(x)
+        x = Bottleneck(512, norm, stride=2, name="layer4_0")(x)
         for i in range(1, 3):
             x = Bottleneck(512, norm, name=f"layer4_{i}")(x)
 

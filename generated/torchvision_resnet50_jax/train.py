@@ -18,21 +18,21 @@ Run it (paths are relative to where you run it; `python train.py --help` lists e
     # two hosts: on each, I its number (0, 1) and HOST0 the first one; evaluating a checkpoint
     python generated/torchvision_resnet50_jax/train.py --out runs/resnet50 \
         --coordinator HOST0:1234 --num-processes 2 --process-id I
-    python generated/torchvision_resnet50_jax/train.py --eval-only --checkpoint runs/resnet50/checkpoint.pkl
+    python generated/torchvision_resnet50_jax/train.py --eval-only --checkpoint runs/resnet50/checkpoint.msgpack
 
 A process drives every device it sees: the global batch is split over them (and over the devices
 of every process, with several), and BN statistics are those of the global batch. A run
-directory holds checkpoint.pkl (the latest complete one), metrics.jsonl (a line per log interval
-and per evaluation), final.json (the test errors at the end) and mean.npz (the training mean).
+directory holds checkpoint.msgpack (the latest complete one), metrics.jsonl (a line per log
+interval and per evaluation), final.json (the test errors at the end) and mean.npz (the training
+mean).
 """
 
 import argparse
 import json
 import math
 import os
-import pickle
+import signal
 import sys
-import time
 from functools import partial
 from pathlib import Path
 
@@ -40,12 +40,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import serialization
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+import runtime
 from data import DATA_PATH, FolderData, DataError, replicate
 from model import build_model, init_variables
 
 # The spec's training section ----------------------------------------------------------------
+SPEC = "specs/torchvision/resnet50.res"
 BATCH_SIZE = 256  # the global batch, split over the devices
 LR = 0.1
 MOMENTUM = 0.9
@@ -64,72 +67,42 @@ TOP5 = True
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description="Train resnet50 (specs/torchvision/resnet50.res) with JAX."
+    p = runtime.training_parser(
+        "Train resnet50 (specs/torchvision/resnet50.res) with JAX.",
+        data=DATA_PATH,
+        out="runs/resnet50",
+        batch_size=BATCH_SIZE,
+        val_split=VAL_SPLIT,
+        checkpoint="checkpoint.msgpack",
+        held_out="N training images, spread over them,",
     )
-    p.add_argument("--data", default=DATA_PATH, help="dataset directory (default: %(default)s)")
-    p.add_argument("--out", default="runs/resnet50", help="run directory (default: %(default)s)")
-    p.add_argument("--iterations", type=int, help="train this many iterations; milestones scale")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="global batch size")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="JAX platform")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--workers",
-        type=int,
+        type=runtime.non_negative,
         default=min(8, os.cpu_count() or 1),
         help="decoding processes per training process (default: %(default)s)",
     )
-    p.add_argument("--checkpoint-every", type=int, default=1000, metavar="N", help="iterations")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pkl")
-    p.add_argument("--eval-only", action="store_true", help="evaluate --checkpoint and stop")
-    p.add_argument("--checkpoint", type=Path, help="checkpoint for --eval-only")
-    p.add_argument(
-        "--val-split",
-        type=int,
-        default=VAL_SPLIT,
-        metavar="N",
-        help="hold out N training images, spread over them, for validation",
-    )
-    p.add_argument(
-        "--eval-images", type=int, metavar="N", help="evaluate N images of each split only"
-    )
-    p.add_argument(
-        "--log-every",
-        type=int,
-        metavar="N",
-        help="iterations (default: 100, or a tenth of a short run)",
-    )
-    p.add_argument(
-        "--amp",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="bf16 weights and images in the steps (default: on GPU)",
-    )
-    p.add_argument(
-        "--compile",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="jax.jit the steps; --no-compile runs op by op (default: on)",
-    )
-    p.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="a progress bar (default: when stderr is a terminal)",
-    )
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="JAX platform")
+    runtime.switch(p, "--amp", "bf16 weights and images in the steps (default: on GPU)")
+    runtime.switch(p, "--compile", "jax.jit the steps (default: on; off runs op by op)", True)
     p.add_argument(
         "--coordinator", metavar="HOST:PORT", help="several processes: process 0's address"
     )
-    p.add_argument("--num-processes", type=int, metavar="N", help="several processes: how many")
     p.add_argument(
-        "--process-id", type=int, metavar="I", help="several processes: this one's, 0 to N-1"
+        "--num-processes", type=runtime.positive, metavar="N", help="several processes: how many"
+    )
+    p.add_argument(
+        "--process-id",
+        type=runtime.non_negative,
+        metavar="I",
+        help="several processes: this one's, 0 to N-1",
     )
     p.add_argument(
         "--distributed",
         action="store_true",
         help="several processes that JAX finds (SLURM, Open MPI, Cloud TPU)",
     )
-    return p.parse_args(argv)
+    return runtime.parse(p, argv)
 
 
 # Processes and devices ----------------------------------------------------------------------
@@ -142,7 +115,9 @@ def setup(args: argparse.Namespace) -> Mesh:
     try:
         devices = jax.devices(None if args.device == "auto" else args.device)
     except RuntimeError as error:
-        sys.exit(f"error: --device {args.device}, but JAX has no such device ({error})")
+        raise runtime.RunError(
+            f"--device {args.device}, but JAX has no such device ({error})"
+        ) from None
     return Mesh(np.array(devices), ("batch",))
 
 
@@ -165,7 +140,7 @@ def all_sum(values: list[float], mesh: Mesh) -> list[float]:
 class Schedule:
     """The learning rate at each iteration: LR, times 0.1 when the validation error plateaus."""
 
-    def __init__(self, total: int, spec_total: int, iterations_per_epoch: int) -> None:
+    def __init__(self, total: int, spec_total: int) -> None:
         # the spec's counts, in iterations, scaled when --iterations changes the length
         def scaled(n: int) -> int:
             return max(1, round(n * total / spec_total))
@@ -344,160 +319,127 @@ def compile_steps(args, mesh: Mesh) -> dict:
 
 
 # Checkpoints --------------------------------------------------------------------------------
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write to a temporary file, then rename: the file is always a complete checkpoint."""
-    partial = path.with_suffix(".tmp")
-    with open(partial, "wb") as f:
-        pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(partial, path)
+def save_checkpoint(run: runtime.RunDirectory, host: dict, parts: dict, iteration: int, clock: dict,
+                    window: list) -> None:  # fmt: skip
+    """The training state copied to the host (`host`), the state dicts of `parts`, the clock and
+    the log window (so that the log line after a resume is the same) as NumPy arrays and Python
+    values in Flax's msgpack format, with the spec and a checksum (runtime.py)."""
+    state = {"variables": variables_of(host), "opt_state": jax.tree.leaves(host["opt_state"])}
+    state |= {name: part.state_dict() for name, part in parts.items()}
+    state |= {"iteration": iteration, "clock": clock, "log_window": jax.device_get(window)}
+    run.save_checkpoint(serialization.msgpack_serialize(state), SPEC)
 
 
 def load_checkpoint(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return pickle.load(f)
-
-
-def append_metrics(run: Path, record: dict) -> None:
-    with open(run / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def keep_metrics_until(run: Path, iteration: int) -> None:
-    """On resume, drop what was logged after the checkpoint (it is logged again), and a last
-    line cut short when the run was stopped."""
-    path = run / "metrics.jsonl"
-    if path.exists():
-        kept = []
-        for line in path.read_text().splitlines():
-            try:
-                if json.loads(line)["iteration"] <= iteration:
-                    kept.append(line + "\n")
-            except json.JSONDecodeError:
-                pass
-        write_atomically(path, "".join(kept))
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write to a temporary file, then rename: the file is never half written."""
-    partial = path.with_suffix(".tmp")
-    partial.write_text(text)
-    os.replace(partial, path)
-
-
-class Stopped(Exception):
-    """Training cannot go on (a NaN or infinite loss); the last good checkpoint stays."""
-
-    def __init__(self, reason: str, checkpoint: Path) -> None:
-        kept = (
-            f"the last good checkpoint is {checkpoint}"
-            if checkpoint.exists()
-            else "no checkpoint was written"
-        )
-        super().__init__(f"{reason}; stopping ({kept})")
+    """A checkpoint of this spec; anything else is refused."""
+    try:
+        return serialization.msgpack_restore(runtime.read_checkpoint(path, SPEC))
+    except (ValueError, TypeError) as error:
+        raise runtime.RunError(f"{path} cannot be read ({error})") from None
 
 
 def variables_of(state: dict) -> dict:
     return {"params": state["params"], "batch_stats": state["batch_stats"]}
 
 
+def checked_variables(saved: dict, path: Path) -> dict:
+    """The variables of a checkpoint, if they are those of this network."""
+    expected = jax.eval_shape(init_variables, 0)
+    shapes = jax.tree.map(lambda x: x.shape, expected)
+    try:
+        fits = jax.tree.map(lambda x: np.shape(x), saved["variables"]) == shapes
+    except (KeyError, TypeError, ValueError):
+        fits = False
+    if not fits:
+        raise runtime.RunError(f"{path} does not hold the variables of this network")
+    return saved["variables"]
+
+
+def resume(
+    run: runtime.RunDirectory, optimizer, parts: dict, lead: bool
+) -> tuple[dict, dict, dict]:
+    """(variables, optimizer state, the rest of the checkpoint) of the run's checkpoint, `parts`
+    restored; without a checkpoint (stopped before the first), ({}, {}, {}): it starts again."""
+    if not run.checkpoint.exists():
+        if lead:
+            run.resume_at(0)
+        return {}, {}, {}
+    saved = load_checkpoint(run.checkpoint)
+    variables = checked_variables(saved, run.checkpoint)
+    structure = jax.tree.structure(jax.eval_shape(optimizer.init, variables["params"]))
+    for name, part in parts.items():
+        part.load_state_dict(saved[name])
+    if lead:
+        run.resume_at(saved["iteration"])
+    return variables, jax.tree.unflatten(structure, saved["opt_state"]), saved
+
+
+def check_finite(host: dict, window: list, done: int, run: runtime.RunDirectory) -> None:
+    """Stop, keeping the last good checkpoint, rather than write one of a NaN or infinite state."""
+    loss = float(np.sum(jax.device_get(window), axis=0)[0]) if window else 0.0
+    if not math.isfinite(loss):
+        raise runtime.Stopped(f"the training loss is {loss} by iteration {done}", run.checkpoint)
+    if not all(np.isfinite(x).all() for x in jax.tree.leaves(variables_of(host))):
+        raise runtime.Stopped(f"the weights are not finite after iteration {done}", run.checkpoint)
+
+
 # Training -----------------------------------------------------------------------------------
+def evaluate_all(steps: dict, variables: dict, data, args) -> dict:
+    """Every split (the held-out one, if any, and test) by every protocol of the spec."""
+    return {
+        split: {p: evaluate(steps, variables, data, split, p, args) for p in EVAL}
+        for split in sorted(data.splits)
+    }
+
+
+def stop_requested(signals: runtime.Signals) -> bool:
+    """Whether a process has been sent SIGINT or SIGTERM (all processes stop together)."""
+    if jax.process_count() == 1:
+        return signals.received is not None
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.process_allgather(np.int32(signals.received is not None)).any())
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    signals = runtime.Signals()  # Ctrl-C, SIGTERM: the step is finished and checkpointed
     mesh = setup(args)
-    gpu = mesh.devices.flat[0].platform == "gpu"
-    args.amp = gpu if args.amp is None else args.amp
+    args.amp = mesh.devices.flat[0].platform == "gpu" if args.amp is None else args.amp
     lead = jax.process_index() == 0  # logs and writes checkpoints
-    show_progress = (sys.stderr.isatty() if args.progress is None else args.progress) and lead
-    run = Path(args.out)
-    earlier = [n for n in ("checkpoint.pkl", "metrics.jsonl", "final.json") if (run / n).exists()]
-    if earlier and not (args.resume or args.eval_only):  # never overwrite another run
-        sys.exit(
-            f"error: {run} holds an earlier run ({', '.join(earlier)}); go on with it (--resume) "
-            "or train into another directory (--out)"
-        )
-    if lead:
-        run.mkdir(parents=True, exist_ok=True)
-
+    args.progress = sys.stderr.isatty() if args.progress is None else args.progress
+    run = runtime.RunDirectory(Path(args.out), "checkpoint.msgpack")
+    if not args.eval_only and not run.start(args.resume, lead):
+        return  # a finished run: nothing to do
     data = FolderData(
-        args.data,
-        mesh,
-        batch_size=args.batch_size,
-        val_split=args.val_split,
-        seed=args.seed,
-        workers=args.workers,
-        mean_cache=run / "mean.npz",
-    )
+        args.data, mesh, batch_size=args.batch_size, val_split=args.val_split, seed=args.seed,
+        workers=args.workers, mean_cache=run.path / "mean.npz",
+    )  # fmt: skip
     steps = compile_steps(args, mesh)
     if args.eval_only:
-        if args.checkpoint is None:
-            sys.exit("error: --eval-only needs --checkpoint PATH")
-        variables = replicate(load_checkpoint(args.checkpoint)["variables"], mesh)
-        results = {
-            split: {p: evaluate(steps, variables, data, split, p, args) for p in EVAL}
-            for split in sorted(data.splits)
-        }
+        variables = replicate(
+            checked_variables(load_checkpoint(args.checkpoint), args.checkpoint), mesh
+        )
+        results = evaluate_all(steps, variables, data, args)
         if lead:
             print(json.dumps(results, indent=2))
         return
 
-    spec_total = ITERATIONS
-    total = args.iterations or spec_total
-    schedule = Schedule(total, spec_total, data.iterations_per_epoch)
+    total = args.iterations or ITERATIONS
+    schedule = Schedule(total, ITERATIONS)
     optimizer = sgd()
-    start = 0
-    clock = {"train_s": 0.0, "images": 0, "wall_s": 0.0}  # carried over a resume
-    window = []  # [loss, error] device arrays of the iterations since the last log
-    run_start = time.perf_counter()
-    checkpoint_path = run / "checkpoint.pkl"
-    if args.resume and checkpoint_path.exists():
-        saved = load_checkpoint(checkpoint_path)
-        variables = saved["variables"]
-        structure = jax.tree.structure(jax.eval_shape(optimizer.init, variables["params"]))
-        opt_state = jax.tree.unflatten(structure, saved["opt_state"])
-        schedule.load_state_dict(saved["schedule"])
-        data.load_state_dict(saved["data"])
-        start, clock = saved["iteration"], saved["clock"]
-        window = saved["log_window"]
-        if lead:
-            keep_metrics_until(run, start)
-            print(f"resumed from {checkpoint_path} at iteration {start}")
-    else:
+    parts = {"schedule": schedule, "data": data}  # what a checkpoint holds beside the weights
+    variables, opt_state, saved = (
+        resume(run, optimizer, parts, lead) if args.resume else ({}, {}, {})
+    )
+    if not variables:  # a new run
         variables = jit(init_variables, args, static_argnums=0)(args.seed)
         opt_state = optimizer.init(variables["params"])
-        if args.resume and lead:
-            keep_metrics_until(run, 0)  # stopped before its first checkpoint: it starts again
+    start, window = saved.get("iteration", 0), saved.get("log_window", [])
     state = replicate({**variables, "opt_state": opt_state}, mesh)
 
-    def checkpoint(state: dict, iteration: int) -> None:
-        """Save the latest state, never weights that are no longer finite (on every process)."""
-        host = jax.device_get(state)
-        if not all(np.isfinite(x).all() for x in jax.tree.leaves(variables_of(host))):
-            raise Stopped(
-                f"the weights are not finite after iteration {iteration}", checkpoint_path
-            )
-        if not lead:
-            return
-        wall = clock["wall_s"] + time.perf_counter() - run_start
-        save_checkpoint(checkpoint_path, {
-            "variables": variables_of(host),
-            "opt_state": jax.tree.leaves(host["opt_state"]),
-            "schedule": schedule.state_dict(),
-            "data": data.state_dict(),
-            "iteration": iteration,
-            "clock": {**clock, "wall_s": wall},
-            "log_window": jax.device_get(window),  # so the log line after a resume is the same
-            "spec": "specs/torchvision/resnet50.res",
-        })  # fmt: skip
-
-    progress = None
-    if show_progress:
-        from tqdm import tqdm
-
-        progress = tqdm(total=total, initial=start, unit="it", dynamic_ncols=True)
-    log_every = args.log_every or max(1, min(100, total // 10))
-    interval_start = time.perf_counter()  # of the current log interval, pauses excluded
+    log = runtime.TrainingLog(run, args, total, start, lead=lead, clock=saved.get("clock"))
+    signals.armed = True
     for iteration in range(start, total):
         # the learning rate of this iteration
         lr = schedule.lr(iteration)
@@ -508,91 +450,37 @@ def main(argv: list[str] | None = None) -> None:
         done = iteration + 1
 
         # log: the mean loss and error since the last log line
-        if done % log_every == 0 or done == total:
-            loss_mean, error_mean = np.mean(jax.device_get(window), axis=0).tolist()
-            if not math.isfinite(loss_mean):
-                raise Stopped(
-                    f"the training loss is {loss_mean} by iteration {done}", checkpoint_path
-                )
-            seconds = time.perf_counter() - interval_start
-            interval_start = time.perf_counter()
-            clock["train_s"] += seconds
-            clock["images"] += len(window) * args.batch_size
-            record = {
-                "iteration": done,
-                "lr": lr,
-                "train_loss": loss_mean,
-                "train_error": error_mean,
-                "images_per_s": len(window) * args.batch_size / seconds,
-            }
+        if log.due(done):
+            loss, error = np.mean(jax.device_get(window), axis=0).tolist()
+            log.interval(done, lr, loss, error, len(window))
             window = []
-            if lead:
-                append_metrics(run, record)
-                line = (
-                    f"iter {done:>7}/{total}  lr {lr:.4g}  loss {loss_mean:.4f}  "
-                    f"error {error_mean:.2%}  {record['images_per_s']:,.0f} img/s"
-                )
-                if progress is not None:
-                    progress.update(done - progress.n)
-                    progress.set_postfix_str(f"loss {loss_mean:.3f} err {error_mean:.1%}")
-                else:
-                    print(line, flush=True)
 
         # validate: on the held-out split, or the test split without one
         if done % schedule.validate_every == 0 and done < total:
-            paused = time.perf_counter()
-            split = "val" if "val" in data.splits else "test"
-            result = evaluate(steps, variables_of(state), data, split, "single_view", args)
-            schedule.validated(result["top1_error"])
-            if lead:
-                append_metrics(
-                    run, {"iteration": done, "split": split, "protocol": "single_view", **result}
-                )
-            interval_start += time.perf_counter() - paused  # not training time
-
-        # checkpoint: only weights from finite losses
-        if done % args.checkpoint_every == 0 or done == total:
-            paused = time.perf_counter()
-            if window:
-                loss_now = float(np.sum(jax.device_get(window), axis=0)[0])
-                if not math.isfinite(loss_now):
-                    raise Stopped(
-                        f"the training loss is {loss_now} by iteration {done}", checkpoint_path
+            with log.paused():
+                split = "val" if "val" in data.splits else "test"
+                result = evaluate(steps, variables_of(state), data, split, "single_view", args)
+                schedule.validated(result["top1_error"])
+                if lead:
+                    run.append_metrics(
+                        {"iteration": done, "split": split, "protocol": "single_view", **result}
                     )
-            checkpoint(state, done)
-            interval_start += time.perf_counter() - paused
-    if progress is not None:
-        progress.close()
+
+        # checkpoint: every --checkpoint-every iterations, at the end, and when stopped
+        stop = stop_requested(signals)
+        if stop or done % args.checkpoint_every == 0 or done == total:
+            with log.paused():
+                host = jax.device_get(state)
+                check_finite(host, window, done, run)
+                if lead:
+                    save_checkpoint(run, host, parts, done, log.state(), window)
+        if stop:
+            raise runtime.Interrupted(signals.received or signal.SIGTERM, done)
+    signals.armed = False
 
     # evaluate: the held-out split (if any) and the test split, by every protocol of the spec
-    results = {
-        split: {p: evaluate(steps, variables_of(state), data, split, p, args) for p in EVAL}
-        for split in sorted(data.splits)
-    }
-    if lead:
-        for split, by_protocol in results.items():
-            for protocol, result in by_protocol.items():
-                append_metrics(
-                    run, {"iteration": total, "split": split, "protocol": protocol, **result}
-                )
-        test = results["test"][EVAL[0]]
-        final = {
-            "spec": "specs/torchvision/resnet50.res",
-            "iterations": total,
-            "test_top1_error": test["top1_error"],
-            "test_top5_error": test.get("top5_error"),
-            "wall_s": clock["wall_s"] + time.perf_counter() - run_start,  # the whole run
-            "train_s": clock["train_s"],  # the training iterations alone
-            "images_per_s": clock["images"] / clock["train_s"] if clock["train_s"] else None,
-            "results": results,
-        }
-        write_atomically(run / "final.json", json.dumps(final, indent=2) + "\n")
-        error = final["test_top1_error"]
-        print(f"test error {error:.2%} (accuracy {1 - error:.2%}) after {total} iterations")
+    log.finish(evaluate_all(steps, variables_of(state), data, args), EVAL[0], SPEC)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (DataError, Stopped) as error:
-        sys.exit(f"error: {error}")
+    runtime.main_guard(main, (DataError,))

@@ -3,12 +3,12 @@
 #   resdsl compile specs/torchvision/resnet50.res --backend torch -o generated/torchvision_resnet50_torch
 """resnet50: a 50-layer residual network for 3x224x224 images and 1000 classes.
 
-Stem: 7x7/2 conv (64), BN, ReLU, 3x3/2 max pool.
-Stages of bottleneck blocks (1x1, 3x3, 1x1; expansion 4), the stride on the 3x3:
-    layer1 (conv2_x): 3 x 64 -> 256x56x56
-    layer2 (conv3_x): 4 x 128, stride 2 -> 512x28x28
-    layer3 (conv4_x): 6 x 256, stride 2 -> 1024x14x14
-    layer4 (conv5_x): 3 x 512, stride 2 -> 2048x7x7
+Stem (imagenet): 7x7/2 conv (64), BN, ReLU, 3x3/2 max pool.
+Stages:
+    layer1 (conv2_x): 3 x Bottleneck(64) -> 256x56x56
+    layer2 (conv3_x): 4 x Bottleneck(128), stride 2 -> 512x28x28
+    layer3 (conv4_x): 6 x Bottleneck(256), stride 2 -> 1024x14x14
+    layer4 (conv5_x): 3 x Bottleneck(512), stride 2 -> 2048x7x7
 Shortcuts: option B: a 1x1 projection where the shape changes, identity elsewhere.
 Head: global average pool, 1000-way fully connected.
 25,557,032 parameters, 4,089,184,256 multiply-adds (4.09 G).
@@ -31,7 +31,7 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
 class Bottleneck(nn.Module):
     """relu(x + F(x)), F = 1x1 conv, BN, ReLU, 3x3 conv, BN, ReLU, 1x1 conv, BN.
 
-    The stride sits on the 3x3 (torchvision's "ResNet v1.5"; the paper puts it on the first 1x1).
+    The stride sits on the 3x3 conv (conv2).
     """
 
     expansion = 4
@@ -42,11 +42,11 @@ class Bottleneck(nn.Module):
         super().__init__()
         self.conv1 = conv1x1(inplanes, planes)
         self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(planes, planes, stride)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = conv1x1(planes, planes * self.expansion)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from .. import ir
 from ..analysis import Analysis
+from .jax_model import JaxEmitter, render_model
 from .network_view import model_context as network_model_context
-from .templating import readme_context, render_template
+from .templating import readme_context, render_template, runtime_module
 from .torch_backend import train_context
+from .torch_model import TorchEmitter
 
 # The files of the model half of a package; a trainer adds its files beside them.
 MODEL_FILES = {
     "__init__.py": "jax/__init__.py.jinja",
-    "model.py": "jax/model.py.jinja",
     "weights.py": "jax/weights.py.jinja",
     "README.md": "jax/README.md.jinja",
 }
@@ -36,10 +37,6 @@ def model_context(spec: ir.Spec, analysis: Analysis) -> dict:
     return context | {
         "bn_momentum": flax_momentum(net.batchnorm.momentum),
         "bn_eps": net.batchnorm.eps,
-        "grouped": any(c.groups > 1 for c in context["classes"]),
-        "uses_avg_pool": "D" in context["shortcuts"],
-        # the shortcut options by the code they need: B and C build the same projection
-        "shortcut_groups": [g for g in ("A", "BC", "D") if set(g) & set(context["shortcuts"])],
         "input_nhwc": (net.input[1], net.input[2], net.input[0]),
     }
 
@@ -51,8 +48,15 @@ def render_package(
     context = model_context(spec, analysis) | readme_context(spec, analysis)
     context |= {"header": header, "command": command, "package": package}
     files = {name: render_template(template, **context) for name, template in MODEL_FILES.items()}
+    lowered = analysis.lowered
+    files["model.py"] = render_model(
+        JaxEmitter(lowered, spec.network.init.zero_init_residual),
+        TorchEmitter(lowered, context["custom_norm"]),
+        spec, analysis, header,
+    )  # fmt: skip
     if spec.train is not None:
         context |= train_context(spec)  # the PyTorch trainer's facts: the same recipe
         files["data.py"] = render_template("jax/data.py.jinja", **context)
         files["train.py"] = render_template("jax/train.py.jinja", **context)
+        files["runtime.py"] = runtime_module(header)
     return files

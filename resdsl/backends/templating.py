@@ -9,7 +9,7 @@ from pathlib import Path
 import jinja2
 
 from .. import __version__, ir
-from ..analysis import Analysis, projects
+from ..analysis import Analysis
 from ..summary import giga, table
 
 
@@ -42,37 +42,10 @@ def render_template(name: str, **context) -> str:
     return environment().get_template(name).render(version=__version__, **context)
 
 
-def describe_shortcut(kind: str) -> str:
-    return {
-        "A": "option A: identity, subsampled and zero-padded where the shape changes",
-        "B": "option B: a 1x1 projection where the shape changes, identity elsewhere",
-        "C": "option C: a 1x1 projection on every shortcut",
-        "D": "average pool, then a 1x1 projection where the shape changes (ResNet-D)",
-        "none": "no shortcut (a plain network)",
-    }[kind]
-
-
-def stage_rows(spec: ir.Spec, analysis: Analysis) -> list[dict]:
-    """One row per stage with what every template needs to know about it."""
-    rows = []
-    cin = spec.network.stem.width
-    for index, (stage, part) in enumerate(zip(spec.network.stages, analysis.stages), start=1):
-        rows.append(
-            {
-                "index": index,
-                "name": stage.name,
-                "blocks": stage.blocks,
-                "width": stage.width,
-                "stride": stage.stride,
-                "shortcut": stage.shortcut,
-                "out": "x".join(str(v) for v in part.out),
-                "in_channels": cin,
-                "out_channels": stage.out_channels,
-                "first_projects": projects(stage.shortcut, cin, stage.out_channels, stage.stride),
-            }
-        )
-        cin = stage.out_channels
-    return rows
+def runtime_module(header: str) -> str:
+    """runtime.py of a trainer: templates/common/runtime.py as it is (plain Python that every
+    trainer shares), after the package's header."""
+    return header + (templates_dir() / "common" / "runtime.py").read_text(encoding="utf-8")
 
 
 def readme_context(spec: ir.Spec, analysis: Analysis) -> dict:
@@ -90,8 +63,8 @@ DATASET_TITLES = {
 READERS = {
     "cifar10": ("common/readers/cifar.py.jinja", ["pickle"]),
     "cifar100": ("common/readers/cifar.py.jinja", ["pickle"]),
-    "mnist": ("common/readers/idx.py.jinja", ["gzip", "math", "struct"]),
-    "fashion_mnist": ("common/readers/idx.py.jinja", ["gzip", "math", "struct"]),
+    "mnist": ("common/readers/idx.py.jinja", ["gzip", "math", "struct", "zlib"]),
+    "fashion_mnist": ("common/readers/idx.py.jinja", ["gzip", "math", "struct", "zlib"]),
     "synthetic": ("common/readers/synthetic.py.jinja", []),
 }
 
@@ -122,7 +95,7 @@ def data_context(spec: ir.Spec) -> dict:
         elif isinstance(step, ir.HFlip):
             flip = True
     reader, imports = READERS.get(kind, (None, []))
-    imports = sorted(set(imports) | ({"os"} if mean else set()))
+    imports = sorted(set(imports) | ({"os", "tempfile"} if mean else set()))
     folder = folder_context(spec) if kind == "imagefolder" else {}
     return folder | {
         "kind": kind,
@@ -202,9 +175,10 @@ def pipeline_description(train: ir.Train, size: int) -> str:
     if train.data.kind == "imagefolder":
         return "JPEG and PNG files are decoded in worker processes."
     return (
-        "Images are scaled to [0, 1] and the whole dataset is kept on the training device, where\n"
+        "Images are scaled to [0, 1]. The training split is kept on the training device, where\n"
         "each batch is drawn and augmented with tensor operations: no loader processes, and on a\n"
-        "GPU no copies from the host."
+        "GPU no training images copied from the host. The evaluation splits stay on the host\n"
+        "and go over a batch at a time."
     )
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 from .. import ir
 from ..analysis import Analysis
 from .network_view import model_context
-from .templating import data_context, readme_context, recipe_lines, render_template
+from .templating import data_context, readme_context, recipe_lines, render_template, runtime_module
+from .torch_model import TorchEmitter, render_model
 
 
 def render_package(
@@ -16,13 +17,16 @@ def render_package(
     context |= {"header": header, "command": command, "package": package}
     files = {
         "__init__.py": render_template("torch/__init__.py.jinja", **context),
-        "model.py": render_template("torch/model.py.jinja", **context),
+        "model.py": render_model(
+            TorchEmitter(analysis.lowered, context["custom_norm"]), spec, analysis, header
+        ),
         "README.md": render_template("torch/README.md.jinja", **context),
     }
     if spec.train is not None:
         context |= train_context(spec)
         files["data.py"] = render_template("torch/data.py.jinja", **context)
         files["train.py"] = render_template("torch/train.py.jinja", **context)
+        files["runtime.py"] = runtime_module(header)
     return files
 
 

@@ -7,13 +7,17 @@ recipe's train section is overridden statement by statement by the spec's own; t
 
 from __future__ import annotations
 
+import math
+import stat
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from .. import ir
+from .. import ir, prelude_cache
 from .. import syntax as s
-from ..diagnostics import Report, Span, did_you_mean, display_path
+from ..definitions import PRELUDE, Definitions, collect
+from ..diagnostics import Report, Span, did_you_mean, display_path, remember_source
+from ..limits import MAX_MAGNITUDE, MAX_SPEC_BYTES
 from ..parse import parse_text
 from .network import NetworkReader
 from .train import TrainReader
@@ -38,25 +42,58 @@ class Loader:
         if key in self.files:
             return self.files[key]
         shown = display_path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            self.report.error(f"no such file: {shown}", mentioned_at, "check the path")
-            text = None
-        except IsADirectoryError:
-            self.report.error(f"{shown} is a directory, not a .res file", mentioned_at)
-            text = None
-        except UnicodeDecodeError as error:
-            self.report.error(f"{shown} is not UTF-8 text ({error.reason})", mentioned_at)
-            text = None
-        except OSError as error:
-            self.report.error(f"cannot read {shown}: {error.strerror}", mentioned_at)
-            text = None
+        text = self._text(path, shown, mentioned_at)
         spec = None if text is None else parse_text(text, shown, self.report)
         if spec is not None:
             self._check_layout(spec)
         self.files[key] = spec
         return spec
+
+    def _text(self, path: Path, shown: str, mentioned_at: Span | None) -> str | None:
+        """The file's text, when it is a regular file of bounded size in UTF-8."""
+        try:
+            info = path.stat()
+            if stat.S_ISDIR(info.st_mode):
+                self.report.error(f"{shown} is a directory, not a .res file", mentioned_at)
+                return None
+            if not stat.S_ISREG(info.st_mode):
+                self.report.error(
+                    f"{shown} is not a regular file (a device, pipe or socket); not reading it",
+                    mentioned_at,
+                )
+                return None
+            if info.st_size > MAX_SPEC_BYTES:
+                self.report.error(
+                    f"{shown} has {info.st_size:,} bytes; a spec has at most {MAX_SPEC_BYTES:,}",
+                    mentioned_at,
+                )
+                return None
+            with open(path, "rb") as file:
+                data = file.read(MAX_SPEC_BYTES + 1)
+        except FileNotFoundError:
+            self.report.error(f"no such file: {shown}", mentioned_at, "check the path")
+            return None
+        except ValueError:  # a NUL character in the path
+            self.report.error(
+                f"cannot read {shown!r}: the path holds a NUL character", mentioned_at
+            )
+            return None
+        except OSError as error:
+            self.report.error(f"cannot read {shown}: {error.strerror}", mentioned_at)
+            return None
+        try:
+            return data.decode("utf-8-sig")  # a leading byte-order mark is allowed
+        except UnicodeDecodeError as error:
+            line = data.count(b"\n", 0, error.start) + 1
+            column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+            remember_source(shown, data.decode("utf-8", errors="replace"))
+            self.report.error(
+                f"{shown} is not UTF-8 text: byte 0x{data[error.start]:02x} cannot start or "
+                "continue a character",
+                Span(shown, line, column, line, column + 1),
+                "save the file as UTF-8",
+            )
+            return None
 
     def _check_layout(self, spec: s.SpecFile) -> None:
         if not spec.networks and not spec.trains:
@@ -84,9 +121,13 @@ class Loader:
                 )
 
     def chain(self, path: Path) -> list[s.SpecFile]:
-        """The spec and the specs it extends, base first."""
+        """The spec and the specs it extends, base first.
+
+        `extends` reaches only `.res` files inside the spec's tree (the working directory when
+        the spec lies inside it, else the spec's own directory) or the working directory's."""
         files: list[s.SpecFile] = []
         seen: list[Path] = []
+        root = spec_root(path)
         mentioned_at = None
         while True:
             spec = self.read(path, mentioned_at)
@@ -95,9 +136,7 @@ class Loader:
             if not spec.networks:
                 if files:
                     self.report.error(f"{spec.path} declares no network to extend", mentioned_at)
-                    return []
-                self.report.error(f"{spec.path} declares no network", None)
-                return []
+                return []  # otherwise reported, with its place, when the file was read
             files.insert(0, spec)
             seen.append(path.resolve())
             extends = spec.networks[0].extends
@@ -105,6 +144,8 @@ class Loader:
                 return files
             path = Path(spec.path).parent / extends.value
             mentioned_at = extends.span
+            if not self._reachable(path, root, extends):
+                return []
             if path.resolve() in seen:
                 self.report.error(
                     f"`extends` makes a cycle: {display_path(path)} extends itself",
@@ -112,6 +153,34 @@ class Loader:
                     "a spec can build on another, not on itself",
                 )
                 return []
+
+    def _reachable(self, path: Path, root: Path, extends: s.Str) -> bool:
+        """May `extends` read this file? (A refused file is named, never read.)"""
+        if not extends.value.isprintable():
+            self.report.error(
+                "`extends` takes a path of printable characters",
+                extends.span,
+                "remove the control characters from the path",
+            )
+            return False
+        target = path.resolve()
+        if path.suffix != ".res" or target.suffix != ".res":
+            self.report.error(
+                f"`extends` takes a .res file, not {extends.value!r}",
+                extends.span,
+                'write the path of a spec, such as "../resnet50.res"',
+            )
+            return False
+        if not (target.is_relative_to(root) or target.is_relative_to(Path.cwd().resolve())):
+            self.report.error(
+                f"`extends` refuses {extends.value!r}: it lies outside the spec's tree ({root}) "
+                "and the working directory's",
+                extends.span,
+                "extend a spec in the same directory tree, or run resdsl from a directory "
+                "that holds both",
+            )
+            return False
+        return True
 
     # parameters -------------------------------------------------------------------------------
     def params(self, files: list[s.SpecFile], sets: list[str]) -> dict[str, Number]:
@@ -190,7 +259,10 @@ class Loader:
     def _coerce_set(self, name: str, default: Number, text: str) -> Number:
         """The --set value; on a mistake, the default (so nothing else reports it again)."""
         try:
-            return int(text) if isinstance(default, int) else float(text)
+            value = int(text) if isinstance(default, int) else float(text)
+            if not math.isfinite(value) or abs(value) > MAX_MAGNITUDE:
+                raise ValueError(text)
+            return value
         except ValueError:
             self.report.error(
                 f"`--set {name}={text}`: parameter `{name}` is a {_kind(default)} "
@@ -273,22 +345,31 @@ class Loader:
         return recipe, statements
 
     # the whole spec ---------------------------------------------------------------------------
+    def definitions(self, files: list[s.SpecFile]) -> Definitions:
+        """The prelude's definitions and those of every file of the chain."""
+        prelude = prelude_cache.load(PRELUDE, str(PRELUDE), parse_text)
+        return collect(([prelude] if prelude else []) + files, self.report)
+
     def load(self, path: Path, sets: list[str]) -> ir.Spec | None:
         files = self.chain(path)
         if not files:
             return None
         params = self.params(files, sets)
+        definitions = self.definitions(files)
         if self.report.failed:
             return None
         values = Values(params, self.report)
         decl = files[-1].networks[0]
         single, stages = self.network_statements(files)
-        network = NetworkReader(values, self.report).read(decl.name, single, stages, decl.span)
+        network = NetworkReader(values, self.report, definitions).read(
+            decl.name, single, stages, decl.span
+        )
         train = None
         train_decl = next((f.trains[0] for f in reversed(files) if f.trains), None)
-        if train_decl is not None:
+        if train_decl is not None:  # read even when the network has problems: report them all
+            before = len(self.report.diagnostics)
             recipe, statements = self.train_statements(train_decl)
-            if not self.report.failed:
+            if len(self.report.diagnostics) == before:
                 train = TrainReader(values, self.report).read(
                     recipe, statements, train_decl.span, network
                 )
@@ -301,6 +382,7 @@ class Loader:
                 train=train,
                 params=params,
                 files=tuple(f.path for f in files),
+                definitions=definitions,
             )
         except ValidationError as error:  # pragma: no cover - readers check first
             self.report.error(f"invalid spec: {error.errors()[0]['msg']}", decl.span)
@@ -335,6 +417,14 @@ def _uses(expr: s.Expr) -> set[str]:
 
 def _kind(value: Number) -> str:
     return "whole number" if isinstance(value, int) else "number"
+
+
+def spec_root(path: Path) -> Path:
+    """What `extends` may reach: the working directory when the spec lies inside it, else the
+    spec's own directory."""
+    here = Path.cwd().resolve()
+    spec = path.resolve()
+    return here if spec.is_relative_to(here) else spec.parent
 
 
 def load(path: str | Path, sets: list[str] | tuple[str, ...] = (), report: Report | None = None):

@@ -1,30 +1,32 @@
-"""A network's statements -> `ir.Network`."""
+"""A network's statements -> `ir.Network`. Blocks, stems and shortcuts are looked up by name in
+the definitions (the prelude's and the spec's); their options are checked against the
+definition's parameters here, and their layers when the network is lowered."""
 
 from __future__ import annotations
+
+import difflib
 
 from pydantic import ValidationError
 
 from .. import ir
 from .. import syntax as s
-from ..diagnostics import Report
+from ..definitions import Definitions, FlatDef, Sym
+from ..diagnostics import Report, did_you_mean
 from .values import Values, flag, read_options
 
-# block type -> (layers, pre-activation, plain: no shortcut)
-BLOCK_TYPES = {
-    "basic": ("basic", False, False),
-    "bottleneck": ("bottleneck", False, False),
-    "preact_basic": ("basic", True, False),
-    "preact_bottleneck": ("bottleneck", True, False),
-    "plain_basic": ("basic", False, True),
-    "plain_bottleneck": ("bottleneck", False, True),
+# What a stage gives each of its blocks; a block's options cannot set these.
+FROM_THE_STAGE = {
+    "planes": "the stage's width (`stage: COUNT x WIDTH`)",
+    "stride": "the stage (`, stride 2` on the stage)",
+    "dilation": "the stage (`, dilation 2` on the stage)",
+    "drop_path": "the network's `drop_path RATE` (rising over the blocks)",
 }
-STEM_WIDTHS = {"imagenet": 64, "cifar": 16, "deep": 64}
-SHORTCUTS = ("A", "B", "C", "D", "none")
+STAGE_OPTIONS = ("stride", "dilation", "shortcut", "block")
 
 
 class NetworkReader:
-    def __init__(self, values: Values, report: Report):
-        self.values, self.report = values, report
+    def __init__(self, values: Values, report: Report, definitions: Definitions):
+        self.values, self.report, self.definitions = values, report, definitions
 
     def read(
         self, name: s.Word, single: dict[str, s.Statement], stages: list[s.Statement], span
@@ -40,16 +42,14 @@ class NetworkReader:
             )
         input_shape = self._input(single.get("input"))
         classes = self._classes(single.get("classes"))
-        stem = self._stem(single.get("stem"))
-        block, plain = self._block(single.get("block"))
-        every_stage_has_one = bool(stages) and all(
-            any(o.name.text == "shortcut" for o in st.options) for st in stages
-        )
-        shortcut = self._shortcut(single.get("shortcut"), plain, block, every_stage_has_one)
-        init = self._init(single.get("init"), plain, block is not None and block.preact)
+        stem = self._call("stem", single.get("stem"))
+        block = self._call("block", single.get("block"))
+        shortcut = self._shortcut(single.get("shortcut"), block, stages)
+        init = self._init(single.get("init"), block)
         batchnorm = self._batchnorm(single.get("batchnorm"))
         head = self._head(single.get("head"))
-        built_stages = [self._stage(i, st, block, shortcut, plain) for i, st in enumerate(stages)]
+        drop_path = self._drop_path(single.get("drop_path"), block)
+        built_stages = [self._stage(i, st, block, shortcut) for i, st in enumerate(stages)]
         _check_stage_names(stages, self.report)
         if (
             init.zero_init_residual
@@ -73,6 +73,7 @@ class NetworkReader:
                 init=init,
                 batchnorm=batchnorm,
                 head=head,
+                drop_path=drop_path,
                 span=span,
             )
         except ValidationError as error:  # pragma: no cover - the checks above come first
@@ -94,40 +95,101 @@ class NetworkReader:
             return None
         return self.values.whole(st.args[0], "the number of classes", span=st.span)
 
-    def _stem(self, st: s.Statement | None):
-        if st is None:
+    def _definition(self, kind: str, word) -> FlatDef | None:
+        text = word.text if isinstance(word, s.Word) else getattr(word, "name", None)
+        table = self.definitions.table(kind)
+        if text in table:
+            return table[text]
+        if text is None:
+            self.report.error(f"`{kind}` needs a name", word.span)
             return None
-        kind = self.values.symbol(st.args[0], STEM_WIDTHS, "stem", span=st.span)
-        options = read_options(
-            st,
-            {"width": lambda o: self.values.whole(o.value, "stem width", span=o.span)},
-            self.report,
+        self.report.error(
+            f"unknown {kind} {'type ' if kind == 'block' else ''}`{text}`",
+            word.span,
+            self.definitions.unknown_hint(kind, text),
         )
-        if kind is None:
+        return None
+
+    def _call(self, kind: str, st: s.Statement | None, options=None) -> ir.Call | None:
+        """`block bottleneck, groups 32` (or a stem): the definition and its arguments."""
+        if st is None:
             return None
-        return ir.Stem(kind=kind, width=options.get("width", STEM_WIDTHS[kind]), span=st.span)
+        definition = self._definition(kind, st.args[0])
+        options = st.options if options is None else options
+        if definition is None:
+            return None
+        return ir.Call(name=definition.name, args=self._args(definition, options), span=st.span)
 
-    def _block(self, st: s.Statement | None) -> tuple[ir.Block | None, bool]:
-        if st is None:
-            return None, False
-        kind = self.values.symbol(st.args[0], BLOCK_TYPES, "block type", span=st.span)
-        if kind is None:
-            read_options(st, _block_option_readers(self.values, st), self.report)
-            return None, False
-        layers, preact, plain = BLOCK_TYPES[kind]
-        readers = _block_option_readers(self.values, st)
-        if layers == "basic":
-            for name in ("expansion", "width_per_group", "stride_at"):
-                readers[name] = _bottleneck_only(self.report, kind)
-        options = read_options(st, readers, self.report)
-        if layers == "bottleneck":
-            options.setdefault("expansion", 4)
-        block = ir.Block(kind=layers, preact=preact, span=st.span, **options)
-        return block, plain
+    def _args(self, definition: FlatDef, options, stage: bool = False) -> dict:
+        known = definition.param_names()
+        args = {}
+        for option in options:
+            name = option.name.text
+            if definition.kind == "block" and name in FROM_THE_STAGE:
+                self.report.error(
+                    f"`{name}` of a block is set by {FROM_THE_STAGE[name]}",
+                    option.name.span,
+                    "remove it here",
+                )
+                continue
+            if name not in known:
+                self._unknown_option(definition, option, stage)
+                continue
+            if name in args:
+                self.report.error(f"`{name}` is given twice", option.span)
+                continue
+            value = self._value(option)
+            if value is not None:
+                args[name] = value
+        return args
 
-    def _shortcut(self, st, plain: bool, block: ir.Block | None, every_stage_has_one: bool):
+    def _unknown_option(self, definition: FlatDef, option: s.Option, stage: bool) -> None:
+        name = option.name.text
+        others = [n for n in definition.param_names() if n not in FROM_THE_STAGE]
+        choices = ([*STAGE_OPTIONS] if stage else []) + others
+        owners = [
+            d.name for d in self.definitions.table(definition.kind).values()
+            if name in d.param_names()
+        ]  # fmt: skip
+        if owners and not difflib.get_close_matches(name, choices, n=1, cutoff=0.6):
+            hint = (
+                f"`{name}` is an option of {', '.join(f'`{o}`' for o in owners)}; options of "
+                f"`{definition.name}`: {', '.join(others) or '(none)'}"
+            )
+        else:
+            hint = did_you_mean(
+                name, choices, "options" if stage else f"options of `{definition.name}`"
+            )
+        where = "a stage of" if stage else definition.kind
+        self.report.error(
+            f"unknown option `{name}` for {where} `{definition.name}`"
+            if not stage
+            else f"unknown option `{name}` for a stage of `{definition.name}` blocks",
+            option.name.span,
+            hint,
+        )
+        del where
+
+    def _value(self, option: s.Option):
+        value = option.value
+        if value is None:
+            return True
+        if isinstance(value, s.Dims):
+            return value.values
+        if isinstance(value, s.Str):
+            self.report.error(f"`{option.name.text}` takes a number or a word", value.span)
+            return None
+        if isinstance(value, s.Ref) and value.name not in self.values.params:
+            return Sym(value.name)
+        return self.values.evaluate(value)
+
+    def _shortcut(self, st, block: ir.Call | None, stages: list[s.Statement]) -> str | None:
+        residual = block is not None and _residual(self.definitions.blocks[block.name])
         if st is None:
-            if block is not None and not plain and not every_stage_has_one:
+            every_stage_has_one = bool(stages) and all(
+                any(o.name.text == "shortcut" for o in stage.options) for stage in stages
+            )
+            if residual and not every_stage_has_one:
                 self.report.error(
                     "residual blocks need a `shortcut`",
                     block.span,
@@ -135,9 +197,9 @@ class NetworkReader:
                     "changes), `C` (projection everywhere), `D` (average pool + projection) "
                     "or `none`",
                 )
-            return "none" if plain else None
-        value = self.values.symbol(st.args[0], SHORTCUTS, "shortcut option", span=st.span)
-        if plain and value is not None:
+            return None if residual else "none"
+        value = self._shortcut_name(st.args[0])
+        if block is not None and not residual and value not in (None, "none"):
             self.report.error(
                 f"plain blocks have no shortcut, but `shortcut {value}` is given",
                 st.span,
@@ -145,7 +207,14 @@ class NetworkReader:
             )
         return value
 
-    def _init(self, st: s.Statement | None, plain: bool, preact: bool) -> ir.Init:
+    def _shortcut_name(self, word) -> str | None:
+        text = word.text if isinstance(word, s.Word) else getattr(word, "name", None)
+        if text == "none":
+            return "none"
+        definition = self._definition("shortcut", word)
+        return definition.name if definition else None
+
+    def _init(self, st: s.Statement | None, block: ir.Call | None) -> ir.Init:
         if st is None:
             return ir.Init()
         scheme = self.values.symbol(st.args[0], ("kaiming_normal",), "init scheme", span=st.span)
@@ -155,14 +224,21 @@ class NetworkReader:
             if mode:
                 fields["mode"] = mode
         options = read_options(st, {"zero_init_residual": flag(self.report)}, self.report)
-        if options.get("zero_init_residual") and (plain or preact):
-            self.report.error(
-                "plain blocks have no residual branch to zero-initialise"
-                if plain
-                else "pre-activation branches end with a convolution, not a BN to zero-initialise",
-                st.options[0].span,
-                "remove `zero_init_residual`",
-            )
+        if options.get("zero_init_residual") and block is not None:
+            definition = self.definitions.blocks[block.name]
+            if not _residual(definition):
+                self.report.error(
+                    "plain blocks have no residual branch to zero-initialise",
+                    st.options[0].span,
+                    "remove `zero_init_residual`",
+                )
+            elif not _marks_zero_init(definition.body):
+                self.report.error(
+                    f"block `{block.name}` marks no batchnorm `zero_init` (pre-activation "
+                    "branches end with a convolution, not a BN to zero-initialise)",
+                    st.options[0].span,
+                    "remove `zero_init_residual`",
+                )
         fields.update(options)
         return ir.Init(scheme=scheme or "kaiming_normal", span=st.span, **fields)
 
@@ -189,76 +265,112 @@ class NetworkReader:
         }
         return ir.Head(span=st.span, **read_options(st, readers, self.report))
 
-    def _stage(self, index, st, block, shortcut, plain):
+    def _drop_path(self, st: s.Statement | None, block: ir.Call | None) -> float:
+        if st is None:
+            return 0.0
+        read_options(st, {}, self.report)
+        rate = self.values.number(
+            st.args[0], "drop_path", span=st.span, low=0, high=1, high_open=True
+        )
+        if rate and block is not None:
+            definition = self.definitions.blocks[block.name]
+            if "drop_path" not in definition.param_names():
+                self.report.error(
+                    f"block `{block.name}` has no `drop_path` parameter to set",
+                    st.span,
+                    "define the block with a `drop_path = 0` parameter and a "
+                    "`drop_path drop_path` layer before its add",
+                )
+        return rate or 0.0
+
+    def _stage(self, index, st, block: ir.Call | None, shortcut: str | None):
         count_expr, width_expr = st.args
         label = st.label.text if st.label else f"stage{index + 1}"
         title = f"stage {st.label.text if st.label else index + 1}"
         blocks = self.values.whole(count_expr, f"{title}: block count", span=st.span)
         width = self.values.whole(width_expr, f"{title}: width", span=st.span)
+        own = [o for o in st.options if o.name.text in STAGE_OPTIONS]
+        passed = [o for o in st.options if o.name.text not in STAGE_OPTIONS]
         readers = {
             "stride": lambda o: self.values.whole(o.value, f"{title}: stride", span=o.span),
-            "shortcut": lambda o: self._stage_shortcut(o, plain),
+            "dilation": lambda o: self.values.whole(o.value, f"{title}: dilation", span=o.span),
+            "shortcut": lambda o: self._shortcut_name(o.value) if o.value else None,
+            "block": lambda o: self._definition("block", o.value) if o.value else None,
         }
-        options = read_options(st, readers, self.report)
+        options = read_options(st, readers, self.report, options=own)
+        definition = options.get("block")
+        if definition is not None:
+            stage_block = ir.Call(
+                name=definition.name, args=self._args(definition, passed, True), span=st.span
+            )
+        elif block is not None:
+            own_args = self._args(self.definitions.blocks[block.name], passed, True)
+            stage_block = block.model_copy(update={"args": {**block.args, **own_args}})
+        else:
+            stage_block = None
+        stage_shortcut = options.get("shortcut", shortcut)
+        if stage_block is not None:
+            residual = _residual(self.definitions.blocks[stage_block.name])
+            if not residual and stage_shortcut not in (None, "none"):
+                if "shortcut" in options:
+                    self.report.error(
+                        "plain blocks have no shortcut",
+                        next(o for o in own if o.name.text == "shortcut").span,
+                        "remove this option, or use a residual block type",
+                    )
+                stage_shortcut = "none"
+            elif not residual:
+                stage_shortcut = "none"
+            elif stage_shortcut is None and definition is not None:
+                self.report.error(
+                    f"{title}: block `{stage_block.name}` needs a `shortcut`",
+                    st.span,
+                    "add `, shortcut B` to the stage (or a `shortcut` to the network)",
+                )
         fields = dict(
             name=label,
             blocks=blocks,
             width=width,
             stride=options.get("stride", 1),
-            shortcut=options.get("shortcut", shortcut),
-            block=block,
+            dilation=options.get("dilation", 1),
+            shortcut=stage_shortcut,
+            block=stage_block,
         )
         if any(v is None for v in fields.values()):
             return None
         return ir.Stage(span=st.span, **fields)
 
-    def _stage_shortcut(self, option: s.Option, plain: bool):
-        value = self.values.symbol(option.value, SHORTCUTS, "shortcut option", span=option.span)
-        if plain and value is not None:
-            self.report.error(
-                "plain blocks have no shortcut",
-                option.span,
-                "remove this option, or use a residual block type",
-            )
-        return value
-
 
 _MISSING_HINTS = {
     "input": "add `input CxHxW`, e.g. `input 3x224x224`",
     "classes": "add `classes N`, e.g. `classes 1000`",
-    "stem": "add `stem imagenet`, `stem cifar` or `stem deep`",
+    "stem": "add `stem imagenet`, `stem cifar`, `stem deep` or `stem tiered`, or define one",
     "block": "add `block basic` or `block bottleneck` (or a preact_/plain_ form)",
 }
 
 
-def _block_option_readers(values: Values, st: s.Statement) -> dict:
-    return {
-        "groups": lambda o: values.whole(o.value, "groups", span=o.span),
-        "width_per_group": lambda o: values.whole(o.value, "width_per_group", span=o.span),
-        "expansion": lambda o: values.whole(o.value, "expansion", span=o.span),
-        "stride_at": lambda o: _stride_at(values, o),
-    }
+def _residual(definition: FlatDef) -> bool:
+    """Does the block's body hold an `add shortcut` (anywhere, `if`s included)?"""
+
+    def walk(body) -> bool:
+        for st in body:
+            if isinstance(st, s.Add):
+                return True
+            if isinstance(st, s.If) and (walk(st.then) or walk(st.otherwise or ())):
+                return True
+        return False
+
+    return walk(definition.body)
 
 
-def _stride_at(values: Values, option: s.Option):
-    if isinstance(option.value, s.Dims) and str(option.value) in ("1x1", "3x3"):
-        return str(option.value)
-    values.report.error(
-        "stride_at must be `1x1` (the paper) or `3x3` (torchvision)",
-        getattr(option.value, "span", option.span),
-    )
-    return None
-
-
-def _bottleneck_only(report: Report, kind: str):
-    def read(option: s.Option):
-        report.error(
-            f"`{option.name.text}` applies to bottleneck blocks, not `{kind}`",
-            option.span,
-            "remove it, or use `block bottleneck`",
-        )
-
-    return read
+def _marks_zero_init(body) -> bool:
+    for st in body:
+        if isinstance(st, s.Layer) and any(o.name.text == "zero_init" for o in st.options):
+            return True
+        if isinstance(st, s.If) and (_marks_zero_init(st.then) or
+                                     _marks_zero_init(st.otherwise or ())):  # fmt: skip
+            return True
+    return False
 
 
 def _check_stage_names(stages: list[s.Statement], report: Report) -> None:

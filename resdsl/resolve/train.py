@@ -9,6 +9,7 @@ from __future__ import annotations
 from .. import ir
 from .. import syntax as s
 from ..diagnostics import Report, Span, did_you_mean
+from ..limits import MAX_BATCH
 from .values import Values, flag, read_options
 
 PREPROCESS_STEPS = ("pad_to", "subtract_mean")
@@ -45,7 +46,9 @@ class TrainReader:
             "augment": self._steps,
             "eval": self._steps,
             "optimizer": self._optimizer,
-            "batch": lambda x: self.values.whole(x.args[0], "batch size", span=x.span),
+            "batch": lambda x: self.values.whole(
+                x.args[0], "batch size", span=x.span, maximum=MAX_BATCH
+            ),
             "schedule": self._schedule,
             "warmup": self._warmup,
             "length": self._length,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from .. import syntax as s
 from ..diagnostics import Report, Span, did_you_mean
+from ..limits import MAX_WHOLE, bounded
 
 Number = int | float
 
@@ -39,14 +40,27 @@ class Values:
         if isinstance(expr, s.Neg):
             value = self.evaluate(expr.operand)
             return None if value is None else -value
+        if not isinstance(expr, s.BinOp) or expr.op not in ("+", "-", "*", "/", "//"):
+            self.report.error(
+                "conditions and choices are written only inside block, stem and shortcut "
+                "definitions",
+                expr.span,
+            )
+            return None
         left, right = self.evaluate(expr.left), self.evaluate(expr.right)
         if left is None or right is None:
             return None
-        if expr.op == "+":
-            return left + right
-        if expr.op == "-":
-            return left - right
-        return left * right
+        if expr.op in ("/", "//") and right == 0:
+            self.report.error("division by zero", expr.right.span)
+            return None
+        result = {
+            "+": lambda: left + right,
+            "-": lambda: left - right,
+            "/": lambda: left / right,
+            "//": lambda: left // right,
+            "*": lambda: left * right,
+        }[expr.op]()
+        return bounded(result, expr.span, self.report)
 
     def number(
         self,
@@ -59,7 +73,7 @@ class Values:
         low_open: bool = False,
         high_open: bool = False,
     ) -> float | None:
-        if value is None or not isinstance(value, s.Num | s.Ref | s.BinOp | s.Neg):
+        if value is None or not isinstance(value, s.EXPRESSIONS):
             self.report.error(f"{what} needs a number", _span_of(value, span))
             return None
         number = self.evaluate(value)
@@ -76,10 +90,16 @@ class Values:
         return float(number)
 
     def whole(
-        self, value: s.Value | None, what: str, *, span: Span, minimum: int = 1
+        self,
+        value: s.Value | None,
+        what: str,
+        *,
+        span: Span,
+        minimum: int = 1,
+        maximum: int = MAX_WHOLE,
     ) -> int | None:
-        """A whole number >= minimum (a float with an integral value is accepted)."""
-        if value is None or not isinstance(value, s.Num | s.Ref | s.BinOp | s.Neg):
+        """A whole number in [minimum, maximum] (a float with an integral value is accepted)."""
+        if value is None or not isinstance(value, s.EXPRESSIONS):
             self.report.error(f"{what} needs a whole number", _span_of(value, span))
             return None
         number = self.evaluate(value)
@@ -98,6 +118,9 @@ class Values:
                 f"got {number}",
                 value.span,
             )
+            return None
+        if number > maximum:
+            self.report.error(f"{what} must be at most {maximum:,}, got {number:,}", value.span)
             return None
         return number
 

@@ -1,0 +1,529 @@
+"""What `resdsl show` shows: a network's blocks as a table, or its architecture as a picture.
+
+The table has a row per block (the stem, `layer2.0`, ..., the head): its layers in short form,
+its shortcut, its output shape and its parameters; with `--layers`, a row per primitive layer.
+Identical consecutive blocks are folded into one row (`layer1.1-199 (x199)`), so ResNet-1202
+stays readable; the parameters of a folded row count all of its blocks, so the column adds up to
+the network's total.
+
+The picture follows He et al. 2015, Fig. 3: a column of boxes from the image to the fc, one per
+convolution, pool and fc (one per block for networks deeper than `PER_LAYER_LIMIT`), the
+shortcuts drawn as arcs beside it from a block's input to its add (identity solid, projection
+dashed, zero-padding dotted), the stages labelled with their output size. matplotlib (Agg) is
+imported only when a picture is drawn.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .analysis import Analysis, cost
+from .lower import Add, Block, Group, Layer, Shortcut
+from .show import FOLD_LIMIT, FORMATS, PER_LAYER_LIMIT
+
+
+class ShowError(Exception):
+    pass
+
+
+# --- short forms ---------------------------------------------------------------------------
+
+
+def shape_text(shape) -> str:
+    return "x".join(str(v) for v in shape)
+
+
+def _kernel(args: dict) -> str:
+    kh, kw = args["kernel"]
+    return f"{kh}x{kw}"
+
+
+NAMES = {"batchnorm": "BN", "relu": "ReLU", "gelu": "GELU", "silu": "SiLU", "sigmoid": "sigmoid"}
+
+
+def short(layer: Layer) -> str:
+    """One layer as the paper writes it: `3x3/2 conv 128`, `BN`, `ReLU`, `fc 1000`."""
+    if isinstance(layer, Block):  # a block used as a layer
+        return f"{layer.name}: {layer.definition}"
+    a, kind = layer.args, layer.kind
+    if kind == "conv":
+        text = f"{_kernel(a)}{_stride(a)} conv {a['channels']}"
+        if a["groups"] > 1:
+            text += f" g{a['groups']}"
+        if a["dilation"] > 1:
+            text += f" d{a['dilation']}"
+        return text
+    if kind in ("max_pool", "avg_pool"):
+        return f"{_kernel(a)}{_stride(a)} {kind[:3]} pool"
+    if kind == "global_avg_pool":
+        return "global avg pool"
+    if kind == "linear":
+        return f"fc {a['channels']}"
+    if kind == "dropout":
+        return f"dropout {a['p']:g}"
+    if kind == "drop_path":
+        return f"drop path {a['p']:.3g}"
+    if kind == "pad_channels":
+        return "pad A"
+    return NAMES.get(kind, kind)
+
+
+def _stride(args: dict) -> str:
+    stride = args.get("stride", 1)
+    return f"/{stride}" if stride and stride > 1 else ""
+
+
+def shortcut_text(add: Add) -> str:
+    if add.shortcut is None:
+        return "identity"
+    return ", ".join(short(layer) for layer in add.shortcut.layers if layer.kind != "identity")
+
+
+def shortcut_style(shortcut: Shortcut | None) -> str:
+    """identity | projection | free (parameter-free but not the identity: option A's padding)."""
+    if shortcut is None:
+        return "identity"
+    return "projection" if shortcut.projects else "free"
+
+
+def block_text(block: Block) -> str:
+    """A block's main path in short form; `add` where the shortcut joins it."""
+    parts = []
+    for item in block.items:
+        if isinstance(item, Layer):
+            parts.append(short(item))
+        elif isinstance(item, Group):
+            parts.extend(short(layer) for layer in item.layers if layer.kind != "identity")
+        elif isinstance(item, Block):
+            parts.append(f"{item.name}: {item.definition}")
+        elif isinstance(item, Add):
+            parts.append("add")
+    return ", ".join(parts)
+
+
+def block_shortcut(block: Block) -> str:
+    adds = [item for item in block.items if isinstance(item, Add)]
+    return "; ".join("+ " + shortcut_text(add) for add in adds) or "-"
+
+
+# --- the table -------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """Consecutive blocks of a stage that are the same (one block, or a folded run)."""
+
+    stage: int  # index into lowered.stages
+    first: int
+    blocks: list[Block] = field(default_factory=list)
+
+    def label(self, attr: str) -> str:
+        if len(self.blocks) == 1:
+            return f"{attr}.{self.first}"
+        last = self.first + len(self.blocks) - 1
+        return f"{attr}.{self.first}-{last}"
+
+    @property
+    def block(self) -> Block:
+        return self.blocks[0]
+
+
+_DROP = re.compile(r"drop path [0-9.e-]+")  # blocks differing only in this rate fold
+
+
+def _drop_range(run: Run) -> str | None:
+    """`drop path 0.00926-0.167` for a run of blocks with rising stochastic-depth rates."""
+    rates = [
+        layer.args["p"] for b in run.blocks for layer in b.layers() if layer.kind == "drop_path"
+    ]
+    if len(set(rates)) < 2:
+        return None
+    return f"drop path {rates[0]:.3g}-{rates[-1]:.3g}"
+
+
+def run_text(run: Run) -> str:
+    text = block_text(run.block)
+    drop = _drop_range(run)
+    return _DROP.sub(drop, text, count=1) if drop else text
+
+
+def _same(a: Block, b: Block) -> bool:
+    return a is b or (
+        a.definition == b.definition
+        and a.inp == b.inp
+        and a.out == b.out
+        and _DROP.sub("drop path", block_text(a)) == _DROP.sub("drop path", block_text(b))
+        and block_shortcut(a) == block_shortcut(b)
+        and cost(a.layers()) == cost(b.layers())
+    )
+
+
+def runs(lowered, fold: bool = True) -> list[Run]:
+    out: list[Run] = []
+    for s, stage in enumerate(lowered.stages):
+        for i, block in enumerate(stage.blocks):
+            last = out[-1] if out else None
+            if fold and last is not None and last.stage == s and _same(last.block, block):
+                last.blocks.append(block)
+            else:
+                out.append(Run(s, i, [block]))
+    return out
+
+
+def _params(layers) -> int:
+    return cost(layers).params
+
+
+def table(spec, analysis: Analysis, layers: bool = False) -> str:
+    lowered = analysis.lowered
+    net = analysis.network
+    title = (
+        f"{net.name} ({spec.path}): input {shape_text(net.input)}, {net.classes} classes, "
+        f"{analysis.depth} layers"
+    )
+    folded = ""  # the first folded run's label, for the note below the table
+    if layers:
+        header = ("layer", "kind", "output", "params")
+        rows: list[tuple[str, ...]] = []
+        _layer_rows(rows, "stem", lowered.stem, 1)
+        for run in runs(lowered):
+            attr = lowered.stages[run.stage].attr
+            if len(run.blocks) > 1 and not folded:
+                folded = run.label(attr)
+            _layer_rows(rows, run.label(attr), run.block, len(run.blocks), _drop_range(run))
+        for layer in lowered.head:
+            rows.append((layer.name or "head", short(layer), shape_text(layer.out),
+                         _count(layer.params)))  # fmt: skip
+        total = ("total", "", "", f"{analysis.params:,}")
+        right = (False, False, False, True)
+    else:
+        header = ("block", "layers", "shortcut", "output", "params")
+        rows = [("stem", block_text(lowered.stem), "", shape_text(lowered.stem.out),
+                 f"{_params(lowered.stem.layers()):,}")]  # fmt: skip
+        for run in runs(lowered):
+            attr = lowered.stages[run.stage].attr
+            label = run.label(attr)
+            if len(run.blocks) > 1:
+                folded = folded or label
+                label += f" (x{len(run.blocks)})"
+            params = sum(_params(b.layers()) for b in run.blocks)
+            rows.append((label, run_text(run), block_shortcut(run.block),
+                         shape_text(run.block.out), f"{params:,}"))  # fmt: skip
+        head = lowered.head
+        rows.append(("head", ", ".join(short(layer) for layer in head), "",
+                     shape_text(head[-1].out), f"{_params(head):,}"))  # fmt: skip
+        total = ("total", "", "", "", f"{analysis.params:,}")
+        right = (False, False, False, False, True)
+    everything = [header, *rows, total]
+    widths = [max(len(r[i]) for r in everything) for i in range(len(header))]
+
+    def line(r):
+        cells = [c.rjust(w) if a else c.ljust(w) for c, w, a in zip(r, widths, right)]
+        return "  ".join(cells).rstrip()
+
+    lines = [title, "", line(header), *map(line, rows)]
+    lines += ["-" * max(len(x) for x in lines[2:]), line(total)]
+    if folded:
+        ranged = any("drop path" in r[1] and "-" in r[1].split("drop path")[1] for r in rows)
+        lines.append(
+            f"({folded} and the like: identical consecutive blocks shown once; "
+            "their params count them all"
+            + ("; a drop path range spans their rates)" if ranged else ")")
+        )
+    return "\n".join(lines)
+
+
+def _count(params: int) -> str:
+    return f"{params:,}" if params else ""
+
+
+def _layer_rows(rows: list, label: str, block: Block, times: int, drop: str | None = None):
+    def emit(name: str, layer: Layer) -> None:
+        kind = drop if drop and layer.kind == "drop_path" else short(layer)
+        rows.append((name, kind, shape_text(layer.out), _count(layer.params * times)))
+
+    for item in block.items:
+        if isinstance(item, Layer):
+            emit(f"{label}.{item.name}" if item.name else label, item)
+        elif isinstance(item, Group):
+            for i, layer in enumerate(item.layers):
+                if isinstance(layer, Block):
+                    _layer_rows(rows, f"{label}.{item.name}.{i}", layer, times)
+                else:
+                    emit(f"{label}.{item.name}.{i}", layer)
+        elif isinstance(item, Block):
+            _layer_rows(rows, f"{label}.{item.name}", item, times)
+        elif isinstance(item, Add):
+            if item.shortcut is None:
+                rows.append((label, "add identity", shape_text(item.out), ""))
+                continue
+            sc = item.shortcut.layers
+            for i, layer in enumerate(sc):
+                emit(f"{label}.downsample" + (f".{i}" if len(sc) > 1 else ""), layer)
+            rows.append((label, "add", shape_text(item.out), ""))
+
+
+# --- the picture -----------------------------------------------------------------------------
+
+DRAWN = ("conv", "max_pool", "avg_pool", "global_avg_pool", "linear")
+
+
+@dataclass
+class Box:
+    text: str
+    colour: int  # -1: stem and head, else the stage's index
+    small: bool = False  # a block used as a layer (an SE gate)
+    stack: int = 1  # blocks folded into it
+
+
+@dataclass
+class Arc:
+    first: int  # the arc leaves above box `first` ...
+    last: int  # ... and joins below box `last`
+    style: str  # identity | projection | free
+
+
+@dataclass
+class Figure:
+    title: str
+    boxes: list[Box]
+    arcs: list[Arc]
+    stages: list[tuple[int, int, str, str]]  # first box, last box, name, output size
+    per_block: bool
+
+
+def _layer_boxes(block: Block, colour: int) -> list[Box]:
+    boxes = []
+    for item in block.items:
+        layers = item.layers if isinstance(item, Group) else (item,)
+        for layer in layers:
+            if isinstance(layer, Layer) and layer.kind in DRAWN:
+                boxes.append(Box(_box_text(layer), colour))
+            elif isinstance(layer, Block):
+                boxes.append(Box(f"{layer.name}: {layer.definition}", colour, small=True))
+    return boxes
+
+
+def _box_text(layer: Layer) -> str:
+    a = layer.args
+    if layer.kind == "conv":
+        text = f"{_kernel(a)} conv, {a['channels']}"
+        if a["groups"] > 1:
+            text += f", {a['groups']} groups"
+        if a["dilation"] > 1:
+            text += f", dilation {a['dilation']}"
+        return text + (f", /{a['stride']}" if a["stride"] > 1 else "")
+    if layer.kind in ("max_pool", "avg_pool"):
+        text = f"{_kernel(a)} {layer.kind[:3]} pool"
+        return text + (f", /{a['stride']}" if a["stride"] > 1 else "")
+    if layer.kind == "global_avg_pool":
+        return "avg pool"
+    return f"fc {a['channels']}"
+
+
+def _block_box(block: Block, colour: int, stack: int) -> Box:
+    parts = []
+    for item in block.items:
+        layers = item.layers if isinstance(item, Group) else (item,)
+        for layer in layers:
+            if isinstance(layer, Layer) and layer.kind == "conv":
+                a = layer.args
+                stride = f"/{a['stride']}" if a["stride"] > 1 else ""
+                parts.append(f"{_kernel(a)}{stride}, {a['channels']}")
+            elif isinstance(layer, Block):
+                parts.append(layer.name)
+    text = " \u00b7 ".join(parts) or block.definition
+    if stack > 1:
+        text = f"{stack} \u00d7 [{text}]"
+    return Box(text, colour, stack=stack)
+
+
+def _arc(block: Block, first: int, last: int) -> Arc | None:
+    adds = [item for item in block.items if isinstance(item, Add)]
+    if not adds:
+        return None
+    return Arc(first, last, shortcut_style(adds[-1].shortcut))
+
+
+def figure(analysis: Analysis) -> Figure:
+    lowered = analysis.lowered
+    net = analysis.network
+    per_block = analysis.depth > PER_LAYER_LIMIT
+    boxes: list[Box] = _layer_boxes(lowered.stem, -1)
+    arcs: list[Arc] = []
+    stages = []
+    total_blocks = sum(len(stage.blocks) for stage in lowered.stages)
+    for s, stage in enumerate(lowered.stages):
+        start = len(boxes)
+        fold = per_block and total_blocks > FOLD_LIMIT
+        for run in (r for r in runs(lowered, fold) if r.stage == s):
+            block = run.block
+            first = len(boxes)
+            if per_block:
+                boxes.append(_block_box(block, s, len(run.blocks)))
+            else:
+                boxes.extend(_layer_boxes(block, s))
+            arc = _arc(block, first, len(boxes) - 1)
+            if arc is not None and len(boxes) > first:
+                arcs.append(arc)
+        name = stage.ir.name or stage.attr
+        stages.append((start, len(boxes) - 1, name, f"{stage.out[1]}x{stage.out[2]}"))
+    boxes += _layer_boxes(Block("head", {}, lowered.head, lowered.stages[-1].out,
+                                lowered.head[-1].out), -1)  # fmt: skip
+    title = f"{net.name}: {analysis.depth} layers, {analysis.params / 1e6:.1f}M parameters"
+    return Figure(title, boxes, arcs, stages, per_block)
+
+
+STYLES = {
+    "identity": ("-", "identity shortcut"),
+    "projection": ((0, (4, 2.5)), "projection shortcut"),
+    "free": ((0, (1, 1.8)), "zero-padding shortcut (option A)"),
+}
+PALETTE = ["#cfe2f3", "#d9ead3", "#fff2cc", "#f4cccc", "#d9d2e9", "#fce5cd", "#d0e0e3"]
+
+
+def draw(analysis: Analysis, output: str | Path, input_size: str = "") -> Path:
+    """Draw the architecture into `output` (.png or .svg), atomically; returns its path."""
+    output = Path(output)
+    suffix = output.suffix.lower()
+    if suffix not in FORMATS:
+        raise ShowError(f"{output.as_posix()}: the picture's name must end in .png or .svg")
+    try:
+        import matplotlib
+    except ModuleNotFoundError:
+        raise ShowError(
+            "resdsl show -o needs matplotlib: pip install 'resdsl[plot]' (make setup installs it)"
+        ) from None
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+    from matplotlib.path import Path as MPath
+
+    fig_data = figure(analysis)
+    boxes = fig_data.boxes
+    # geometry, in inches (the axes fill the figure, one data unit an inch)
+    n = len(boxes)
+    pitch = 0.36 if n <= 70 else max(0.22, 25.0 / n)
+    height_box = pitch * 0.62
+    box_w = 2.9 if fig_data.per_block else 2.0
+    left = 1.45  # room for the stage labels
+    cx = left + box_w / 2
+    right_edge = left + box_w
+    width = right_edge + 0.75
+    top = 1.15  # title, legend, "image"
+    height = top + n * pitch + 0.25
+    font = 8.0 if pitch >= 0.3 else 7.0
+
+    plt.rcParams["svg.hashsalt"] = "resdsl"
+    plt.rcParams["svg.fonttype"] = "none"
+    fig = plt.figure(figsize=(width, height), dpi=100)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(0, width)
+    ax.set_ylim(-height, 0)
+    ax.axis("off")
+
+    def y_of(i: int) -> float:  # the centre of box i
+        return -(top + (i + 0.5) * pitch)
+
+    ink = "0.15"
+    ax.text(
+        width / 2, -0.22, fig_data.title, ha="center", va="center", fontsize=9.5, fontweight="bold"
+    )
+    used = [s for s in STYLES if any(a.style == s for a in fig_data.arcs)]
+    for k, style in enumerate(used):
+        y = -0.45 - 0.16 * k
+        ax.add_line(Line2D([0.35, 0.85], [y, y], color=ink, linestyle=STYLES[style][0], lw=1.2))
+        ax.text(0.95, y, STYLES[style][1], va="center", fontsize=7)
+    image_y = y_of(0) + pitch * 0.93
+    ax.text(cx, image_y, f"image{input_size}", ha="center", va="bottom", fontsize=font)
+    arrow = {"arrowstyle": "-|>", "color": ink, "shrinkA": 0, "shrinkB": 0}
+    ax.add_patch(
+        FancyArrowPatch(
+            (cx, image_y), (cx, y_of(0) + height_box / 2), mutation_scale=6, lw=0.7, **arrow
+        )
+    )
+
+    def half(box: Box) -> float:  # half a box's height
+        return height_box / 2 * (0.8 if box.small else 1.0)
+
+    rounded = "round,pad=0,rounding_size=0.05"
+    for i, box in enumerate(boxes):
+        y, h = y_of(i), 2 * half(box)
+        w = box_w * (0.8 if box.small else 1.0)
+        fill = "white" if box.colour < 0 else PALETTE[box.colour % len(PALETTE)]
+        for k in range(min(box.stack, 3) - 1, -1, -1):  # a folded box: a small stack
+            corner = (cx - w / 2 + 0.04 * k, y - h / 2 - 0.04 * k)
+            ax.add_patch(
+                FancyBboxPatch(
+                    corner,
+                    w,
+                    h,
+                    boxstyle=rounded,
+                    facecolor=fill,
+                    edgecolor=ink,
+                    lw=0.8,
+                    ls="--" if box.small else "-",
+                )
+            )
+        ax.text(cx, y, box.text, ha="center", va="center", fontsize=font - box.small)
+        if i + 1 < n:
+            ax.add_patch(
+                FancyArrowPatch(
+                    (cx, y - h / 2),
+                    (cx, y_of(i + 1) + half(boxes[i + 1])),
+                    mutation_scale=6,
+                    lw=0.7,
+                    **arrow,
+                )
+            )
+    # the shortcuts: from the gap above a block's first box to the gap below its last
+    for arc in fig_data.arcs:
+        y0 = y_of(arc.first) + pitch / 2
+        y1 = y_of(arc.last) - pitch / 2
+        reach = 0.22 + min(0.3, 0.05 * (arc.last - arc.first + 1))
+        x0, x1 = right_edge - 0.1, right_edge + reach
+        path = MPath(
+            [(cx, y0), (x0, y0), (x1, y0), (x1, y1), (x0, y1), (cx + 0.02, y1)],
+            [MPath.MOVETO, MPath.LINETO, MPath.CURVE4, MPath.CURVE4, MPath.CURVE4, MPath.LINETO],
+        )
+        ax.add_patch(FancyArrowPatch(path=path, arrowstyle="-|>", mutation_scale=7, color=ink,
+                                     lw=1.0, linestyle=STYLES[arc.style][0]))  # fmt: skip
+        ax.plot([cx], [y1], marker="o", markersize=2.5, color=ink)
+    # the stages: a bracket on the left, the name and the output size
+    for first, last, name, size in fig_data.stages:
+        if last < first:
+            continue
+        ya = y_of(first) + height_box / 2
+        yb = y_of(last) - height_box / 2
+        x = left - 0.12
+        ax.plot([x + 0.06, x, x, x + 0.06], [ya, ya, yb, yb], color="0.4", lw=0.9)
+        ym = (ya + yb) / 2
+        ax.text(x - 0.08, ym + 0.07, name, ha="right", va="bottom", fontsize=font,
+                fontweight="bold")  # fmt: skip
+        ax.text(x - 0.08, ym - 0.02, size, ha="right", va="top", fontsize=font, color="0.25")
+    for parent in (output.parent, *output.parent.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise ShowError(f"{output.as_posix()}: {parent.as_posix()} is not a directory")
+            break
+    output.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {"Date": None} if suffix == ".svg" else {"Software": None}
+    handle, temp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=suffix, dir=output.parent)
+    os.close(handle)
+    try:
+        fig.savefig(temp, format=suffix[1:], metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)  # as open() would make it, not mkstemp's 0600
+        os.replace(temp, output)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
+    return output

@@ -1,0 +1,71 @@
+"""The parsed prelude, kept beside its bytecode in `__pycache__/`: parsing it is most of the
+front end's work for a small spec, and it changes only with resdsl itself.
+
+The cache is JSON (never code): syntax nodes by class name, each checked against the classes of
+`syntax.py` on the way in. A missing, stale (another hash of the prelude) or unreadable cache is
+rebuilt by parsing; an unwritable directory only costs the parse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from . import syntax as s
+from .diagnostics import Report, Span, remember_source
+
+NODES = {
+    cls.__name__: cls
+    for cls in (
+        s.Num, s.Ref, s.BinOp, s.Neg, s.Not, s.Choose, s.Word, s.Str, s.Dims, s.Range, s.Option,
+        s.Step, s.Statement, s.ParamDecl, s.NetworkDecl, s.TrainDecl, s.Layer, s.Group, s.Let,
+        s.If, s.Add, s.Branch, s.Insert, s.Remove, s.Check, s.DefParam, s.Definition, Span,
+    )
+}  # fmt: skip
+
+
+def _encode(value):
+    if isinstance(value, tuple) and type(value).__name__ in NODES:
+        return {"n": type(value).__name__, "f": [_encode(v) for v in value]}
+    if isinstance(value, tuple | list):
+        return [_encode(v) for v in value]
+    return value
+
+
+def _decode(value):
+    if isinstance(value, dict):
+        return NODES[value["n"]](*(_decode(v) for v in value["f"]))
+    if isinstance(value, list):
+        return tuple(_decode(v) for v in value)
+    return value
+
+
+def load(path: Path, shown: str, parse) -> s.SpecFile | None:
+    """The prelude's syntax: from the cache when it matches the text, else parsed (and cached)."""
+    text = path.read_text(encoding="utf-8")
+    remember_source(shown, text)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:20]
+    cache = path.parent / "__pycache__" / f"{path.stem}.{digest}.json"
+    try:
+        data = json.loads(cache.read_text(encoding="utf-8"))
+        if data["path"] == shown:
+            return s.SpecFile(shown, definitions=list(_decode(data["definitions"])))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    report = Report()
+    spec = parse(text, shown, report)
+    if spec is None or report.diagnostics:  # pragma: no cover - the prelude is tested
+        return spec
+    payload = json.dumps({"path": shown, "definitions": _encode(spec.definitions)})
+    try:
+        cache.parent.mkdir(exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=cache.parent, suffix=".tmp")
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(payload)
+        os.replace(temporary, cache)
+    except OSError:
+        pass
+    return spec
