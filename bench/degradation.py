@@ -23,7 +23,9 @@ Examples (times on a 2-core CPU):
     .venv/bin/python bench/degradation.py --device cpu --iterations 1000 --eval-images 10000
         # about 50 minutes: ~0.35 s per iteration for the 20-layer nets, ~0.9 s for the 56-layer
     .venv/bin/python bench/degradation.py --device cpu --iterations 500 --log-every 10 \\
-        --test-every 100                                  # the README's figure: README_TIME
+        --test-every 100     # the README's figure (run as two halves there): 40-50 minutes
+
+On a machine shared with other work, set OMP_NUM_THREADS=1 (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -168,18 +170,29 @@ def findings(runs: dict[str, Run]) -> list[str]:
     return said
 
 
+def milestones(name: str, iterations: int) -> list[int]:
+    """The iterations after which the trainer divides the learning rate: the spec's milestones,
+    scaled to the run's length as train.py scales them."""
+    from resdsl.frontend import load_spec
+
+    spec, _ = load_spec(ROOT / "specs" / "fashion-mnist" / f"{name}.res")
+    length = spec.train.length.value
+    at = getattr(spec.train.schedule, "milestones", ())
+    return [max(1, round(m * iterations / length)) for m in at]
+
+
 def report(args: argparse.Namespace, runs: dict[str, Run]) -> str:
-    first = next(iter(runs.values()))
+    name, first = next(iter(runs.items()))
     iterations = first.final["iterations"]
     batch = args.batch_size or 128
     images = min(args.eval_images or TEST_IMAGES, TEST_IMAGES)
-    tested = f"all {TEST_IMAGES:,}" if images == TEST_IMAGES else f"the first {images:,}"
-    drops = ", ".join(f"{d:,}" for d in first.lr_drops()) or "none logged"
+    tested = "all" if images == TEST_IMAGES else f"the first {images:,} of the"
+    drops = " and ".join(f"{d:,}" for d in milestones(name, iterations)) or "no iteration"
     lines = [
         f"Fashion-MNIST, {iterations:,} iterations of batch {batch} (learning rate divided by 10 "
-        f"after iterations {drops}), seed {args.seed}, device {args.device}; test accuracy on "
-        f"{tested} of the {TEST_IMAGES:,} test images; final training error: the mean of the log "
-        "lines in the last tenth of the run.",
+        f"after iteration {drops}), seed {args.seed}, device {args.device}; test accuracy on "
+        f"{tested} {TEST_IMAGES:,} test images; final training error: the mean of the log lines "
+        "in the last tenth of the run.",
         "",
         "| net | test accuracy | final training error | wall time | ms/iter |",
         "|---|---|---|---|---|",

@@ -2,7 +2,7 @@
 
 For each run: the training error (thin line, from the log lines of `metrics.jsonl`) and the test
 error (bold line with dots, from its test evaluations) against iterations, one colour per run,
-the learning-rate drops marked by dotted vertical lines. matplotlib (Agg, no display) is imported
+the learning-rate drops marked by dotted vertical lines (grey where every run has them). matplotlib (Agg, no display) is imported
 only when a figure is drawn.
 """
 
@@ -45,6 +45,8 @@ def plot_runs(runs: list[Run], output: str | Path, *, title: str | None = None) 
     figure, axes = plt.subplots(figsize=(7.0, 4.4), dpi=100)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     handles = []
+    drops = [set(run.lr_drops()) for run in drawable if run.logs]
+    shared = set.intersection(*drops) if len(drops) > 1 else set()  # drawn once, in grey
     top = 0.0
     last = 0
     for index, (run, label) in enumerate(zip(drawable, labels(drawable))):
@@ -63,9 +65,12 @@ def plot_runs(runs: list[Run], output: str | Path, *, title: str | None = None) 
             top = max(top, max(ys))
             last = max(last, xs[-1])
         for drop in run.lr_drops():
-            axes.axvline(drop, color=colour, linestyle=":", linewidth=1.0, alpha=0.7)
+            if drop not in shared:
+                axes.axvline(drop, color=colour, linestyle=":", linewidth=1.0, alpha=0.7)
         handles.append(Line2D([], [], color=colour, linewidth=2.6, label=label))
     grey = "0.35"
+    for drop in sorted(shared):
+        axes.axvline(drop, color=grey, linestyle=":", linewidth=1.0)
     handles += [
         Line2D([], [], color=grey, linewidth=0.9, label="training error"),
         Line2D([], [], color=grey, linewidth=2.6, marker="o", markersize=4, label="test error"),

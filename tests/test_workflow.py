@@ -332,8 +332,10 @@ def test_bench_table_says_iterations_test_images_and_what_it_shows(tmp_path):
     args = bench.parse_args(["--eval-images", "2000", "--seed", "3"])
     text = bench.report(args, runs)
     assert text.startswith("Fashion-MNIST, 400 iterations of batch 128 (learning rate divided by "
-                           "10 after iterations 200, 300), seed 3")  # fmt: skip
+                           "10 after iteration 200 and 300), seed 3")  # fmt: skip
     assert "the first 2,000 of the 10,000 test images" in text
+    args = bench.parse_args([])
+    assert "test accuracy on all 10,000 test images" in bench.report(args, runs)
     assert "| plain-56 | 78.00% | 20." in text
     assert "The deeper plain net trains worse" in text
     assert "The deeper residual net trains better" in text
