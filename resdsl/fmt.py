@@ -31,9 +31,6 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
-
-import typer
 
 from . import syntax as s
 from .diagnostics import Diagnostic, Report, Span
@@ -393,58 +390,3 @@ def write_atomically(path: Path, text: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-
-
-# the command ----------------------------------------------------------------------------------
-EPILOG = (
-    "Examples:\n\n\b\n"
-    "  resdsl fmt specs/mine.res                      # rewrite it in the canonical layout\n"
-    "  resdsl fmt --check specs/*.res specs/*/*.res   # list what would change, exit 1 if any\n"
-    "\nComments and meaning are kept; a file with syntax errors is left as it is."
-)
-
-
-def fmt(
-    files: Annotated[
-        list[Path],
-        typer.Argument(
-            metavar="FILE...", help="Spec files to format in place.", show_default=False
-        ),
-    ],
-    check: Annotated[
-        bool,
-        typer.Option("--check", help="Change nothing: list the files that would change, exit 1."),
-    ] = False,
-) -> None:
-    """Lay out .res files the way the library is laid out (comments and meaning kept)."""
-    from .diagnostics import display_path
-    from .resolve import Loader
-
-    report = Report()
-    changed = 0
-    for path in files:
-        shown = display_path(path)
-        text = Loader(report)._text(path, shown, None)
-        if text is None:
-            continue
-        try:
-            result = format_text(text, shown)
-            if path.read_bytes() == result.encode("utf-8"):
-                continue
-            if not check:
-                write_atomically(path, result)
-        except FormatError as error:
-            report.extend(error.report)
-            continue
-        except OSError as error:
-            report.error(f"cannot write {shown}: {error.strerror or error}")
-            continue
-        changed += 1
-        typer.echo(shown if check else f"reformatted {shown}")
-    if report.failed:
-        typer.echo(report.render(), err=True)
-        errors = sum(d.severity == "error" for d in report.diagnostics)
-        typer.echo(f"{errors} error{'s' * (errors != 1)}", err=True)
-        raise typer.Exit(1)
-    if check and changed:
-        raise typer.Exit(1)

@@ -1,5 +1,6 @@
-"""The parsed prelude, kept beside its bytecode in `__pycache__/`: parsing it is most of the
-front end's work for a small spec, and it changes only with resdsl itself.
+"""The parsed prelude and recipes (the .res files shipped in the package), kept beside their
+bytecode in `__pycache__/`: parsing them is most of the front end's work for a small spec, and
+they change only with resdsl itself.
 
 The cache is JSON (never code): syntax nodes by class name, each checked against the classes of
 `syntax.py` on the way in. A missing, stale (another hash of the prelude) or unreadable cache is
@@ -43,8 +44,10 @@ def _decode(value):
     return value
 
 
-def load(path: Path, shown: str, parse) -> s.SpecFile | None:
-    """The prelude's syntax: from the cache when it matches the text, else parsed (and cached)."""
+def load(path: Path, parse) -> s.SpecFile | None:
+    """A package file's syntax: from the cache when it matches the text, else parsed (and
+    cached). Its spans name the file by its absolute path."""
+    shown = str(path)
     text = path.read_text(encoding="utf-8")
     remember_source(shown, text)
     digest = hashlib.sha256(text.encode()).hexdigest()[:20]
@@ -52,14 +55,28 @@ def load(path: Path, shown: str, parse) -> s.SpecFile | None:
     try:
         data = json.loads(cache.read_text(encoding="utf-8"))
         if data["path"] == shown:
-            return s.SpecFile(shown, definitions=list(_decode(data["definitions"])))
+            return s.SpecFile(
+                shown,
+                params=list(_decode(data["params"])),
+                networks=list(_decode(data["networks"])),
+                trains=list(_decode(data["trains"])),
+                definitions=list(_decode(data["definitions"])),
+            )
     except (OSError, ValueError, KeyError, TypeError):
         pass
     report = Report()
     spec = parse(text, shown, report)
     if spec is None or report.diagnostics:  # pragma: no cover - the prelude is tested
         return spec
-    payload = json.dumps({"path": shown, "definitions": _encode(spec.definitions)})
+    payload = json.dumps(
+        {
+            "path": shown,
+            **{
+                part: _encode(getattr(spec, part))
+                for part in ("params", "networks", "trains", "definitions")
+            },
+        }
+    )
     try:
         cache.parent.mkdir(exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=cache.parent, suffix=".tmp")

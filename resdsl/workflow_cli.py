@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
     """Add plot, runs, list, new and fmt to the command line."""
     for command in (plot, runs_, list_, new):
         app.command(**COMMANDS[command.__name__])(command)
-    from .fmt import EPILOG, fmt
+    from .fmt_cli import EPILOG, fmt
     from .show import register as register_show
 
     app.command(epilog=EPILOG)(fmt)

@@ -82,7 +82,7 @@ class Loader:
             self.report.error(f"cannot read {shown}: {error.strerror}", mentioned_at)
             return None
         try:
-            return data.decode("utf-8-sig")  # a leading byte-order mark is allowed
+            return data.decode("utf-8").removeprefix("\ufeff")  # a byte-order mark is allowed
         except UnicodeDecodeError as error:
             line = data.count(b"\n", 0, error.start) + 1
             column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
@@ -335,7 +335,7 @@ class Loader:
                     did_you_mean(recipe, recipe_names(), "recipes"),
                 )
                 return recipe, statements
-            recipe_file = self.read(RECIPES / f"{recipe}.res")
+            recipe_file = prelude_cache.load(RECIPES / f"{recipe}.res", parse_text)
             if recipe_file is None or not recipe_file.trains:  # pragma: no cover
                 return recipe, statements
             statements, _ = self._split_body(recipe_file.trains[0].body or ())
@@ -347,7 +347,7 @@ class Loader:
     # the whole spec ---------------------------------------------------------------------------
     def definitions(self, files: list[s.SpecFile]) -> Definitions:
         """The prelude's definitions and those of every file of the chain."""
-        prelude = prelude_cache.load(PRELUDE, str(PRELUDE), parse_text)
+        prelude = prelude_cache.load(PRELUDE, parse_text)
         return collect(([prelude] if prelude else []) + files, self.report)
 
     def load(self, path: Path, sets: list[str]) -> ir.Spec | None:
