@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from . import syntax as s
 from .definitions import FlatDef, Sym
+from .layers import KINDS
 from .lower import Add, Block, Branch, Group, Layer, Lowered
 
 # Given by the stage to each block (and so constructor arguments of every class that has them).
@@ -162,6 +163,39 @@ def negate_expr(expr):
     if isinstance(expr, s.Not):
         return expr.operand
     return s.Not(expr, expr.span)
+
+
+def layer_arguments(st: s.Layer, folder: Folder) -> dict | None:
+    """A layer's arguments as the emitters print them: every option with its default, folded
+    (a Code where it depends on a constructor argument); None for a layer that vanishes at 0."""
+    kind = KINDS[st.kind.text]
+    raw = {}
+    if st.kernel is not None:
+        raw["kernel"] = st.kernel.values
+    if st.arg is not None:
+        value = folder.fold(st.arg)
+        if kind.kernel and "kernel" not in raw:
+            raw["kernel"] = (value, value)
+        else:
+            raw[kind.positional] = value
+    for option in st.options:
+        raw[option.name.text] = True if option.value is None else folder.fold(option.value)
+    args = {name: raw.get(name, option.default) for name, option in kind.options.items()}
+    if kind.kernel:
+        args["kernel"] = raw["kernel"]
+        if args.get("stride", 0) is None:
+            args["stride"] = args["kernel"][0]
+        if "padding" in args and args["padding"] is None:
+            args["padding"] = 0  # a pool, as PyTorch's; a convolution keeps the size
+            if kind.name == "conv":
+                dilation, k = args["dilation"], args["kernel"][0]
+                args["padding"] = (
+                    dilation * (k - 1) // 2 if not isinstance(dilation, Code) else
+                    (dilation if k == 3 else Code(f"{dilation.text} * {(k - 1) // 2}", 6))
+                )  # fmt: skip
+    if kind.vanishes_at_zero and args[kind.vanishes_at_zero] == 0:
+        return None
+    return args
 
 
 # --- block classes --------------------------------------------------------------------------

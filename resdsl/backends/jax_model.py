@@ -6,7 +6,16 @@ BN conventions. Module names mirror the PyTorch package's (`layer2.0.downsample.
 from __future__ import annotations
 
 from .. import syntax as s
-from ..classes import BlockClass, Code, EmitError, Folder, block_classes, literal, show
+from ..classes import (
+    BlockClass,
+    Code,
+    EmitError,
+    Folder,
+    block_classes,
+    layer_arguments,
+    literal,
+    show,
+)  # fmt: skip
 from ..layers import KINDS
 from ..lower import Lowered
 from ..quoting import code_text
@@ -129,34 +138,7 @@ class JaxWalker:
                 yield st
 
     def arguments(self, st: s.Layer) -> dict | None:
-        kind = KINDS[st.kind.text]
-        raw = {}
-        if st.kernel is not None:
-            raw["kernel"] = st.kernel.values
-        if st.arg is not None:
-            value = self.folder.fold(st.arg)
-            if kind.kernel and "kernel" not in raw:
-                raw["kernel"] = (value, value)
-            else:
-                raw[kind.positional] = value
-        for option in st.options:
-            raw[option.name.text] = True if option.value is None else self.folder.fold(option.value)
-        args = {name: raw.get(name, option.default) for name, option in kind.options.items()}
-        if kind.kernel:
-            args["kernel"] = raw["kernel"]
-            if args.get("stride", 0) is None:
-                args["stride"] = args["kernel"][0]
-            if "padding" in args and args["padding"] is None:
-                args["padding"] = 0
-                if kind.name == "conv":
-                    dilation, k = args["dilation"], args["kernel"][0]
-                    args["padding"] = (
-                        dilation * (k - 1) // 2 if not isinstance(dilation, Code) else
-                        (dilation if k == 3 else Code(f"{dilation.text} * {(k - 1) // 2}", 6))
-                    )  # fmt: skip
-        if kind.vanishes_at_zero and args[kind.vanishes_at_zero] == 0:
-            return None
-        return args
+        return layer_arguments(st, self.folder)
 
     def layer(self, st: s.Layer, name: str | None) -> None:
         kind_name = st.kind.text

@@ -13,12 +13,12 @@ from ..classes import (
     EmitError,
     Folder,
     block_classes,
+    layer_arguments,
     literal,
     negate_expr,
     shortcut_reads,
     show,
 )
-from ..layers import KINDS
 from ..lower import Add, Block, Lowered
 from ..quoting import code_text
 from ..summary import giga
@@ -170,34 +170,9 @@ class Walker:
                 self.statement(st, None)
 
     def arguments(self, st: s.Layer) -> dict | None:
-        kind = KINDS[st.kind.text]
-        raw = {}
-        if st.kernel is not None:
-            raw["kernel"] = st.kernel.values
-        if st.arg is not None:
-            value = self.folder.fold(st.arg)
-            if kind.kernel and "kernel" not in raw:
-                raw["kernel"] = (value, value)
-            else:
-                raw[kind.positional] = value
-        for option in st.options:
-            raw[option.name.text] = True if option.value is None else self.folder.fold(option.value)
-        args = {name: raw.get(name, option.default) for name, option in kind.options.items()}
-        if kind.kernel:
-            args["kernel"] = raw["kernel"]
-            if args.get("stride", 0) is None:
-                args["stride"] = args["kernel"][0]
-            if "padding" in args and args["padding"] is None:
-                args["padding"] = 0
-                if kind.name == "conv":
-                    dilation, k = args["dilation"], args["kernel"][0]
-                    args["padding"] = (
-                        dilation * (k - 1) // 2 if not isinstance(dilation, Code) else
-                        (dilation if k == 3 else Code(f"{dilation.text} * {(k - 1) // 2}", 6))
-                    )  # fmt: skip
-        if kind.vanishes_at_zero and args[kind.vanishes_at_zero] == 0:
-            return None
-        args["in"] = self.built.channels
+        args = layer_arguments(st, self.folder)
+        if args is not None:
+            args["in"] = self.built.channels
         return args
 
     def constructor(self, st: s.Layer) -> str | None:
