@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from . import ir
-from .classes import class_problems
 from .diagnostics import Report
 from .layers import KINDS
 from .limits import MAX_PARAMS
@@ -91,8 +90,9 @@ def cost(layers) -> Cost:
     return total
 
 
-def analyse(spec: ir.Spec, report: Report) -> Analysis | None:
-    """Lower the network and measure it; problems are reported with the span at fault."""
+def analyse(spec: ir.Spec, report: Report, classes: bool = True) -> Analysis | None:
+    """Lower the network and measure it; problems are reported with the span at fault. With
+    `classes`, also check that its blocks can be printed as classes (what compile needs)."""
     network = spec.network
     lowered = lower(network, spec.definitions, report)
     if lowered is None:
@@ -107,8 +107,11 @@ def analyse(spec: ir.Spec, report: Report) -> Analysis | None:
             total += cost(block.layers())
         stages.append(Part(stage.ir.name, len(stage.blocks), stage.out, total.params, total.macs))
     head = cost(lowered.head)
-    for problem in class_problems(lowered):
-        report.error(problem, network.span, 'see docs/language.md, "Defining blocks"')
+    if classes:
+        from .classes import class_problems
+
+        for problem in class_problems(lowered):
+            report.error(problem, network.span, 'see docs/language.md, "Defining blocks"')
     analysis = Analysis(
         network, depth, stem_part, tuple(stages),
         Part("head", 0, (network.classes,), head.params, head.macs), lowered,

@@ -105,7 +105,7 @@ def summary(
     from .summary import as_json, table
 
     try:
-        spec, analysis = load_spec(file, set_ or [])
+        spec, analysis = load_spec(file, set_ or [], classes=False)
     except SpecError as error:
         _fail(error.report)
     typer.echo(as_json(analysis) if json else table(spec, analysis))
@@ -153,12 +153,25 @@ def compile_(
     typer.echo(written(target))
 
 
-from .workflow_cli import register  # noqa: E402
+# The commands of the compile path: they run without registering the others (plot, runs, list,
+# new, fmt, show), which typer would otherwise convert on every start.
+CORE = ("check", "summary", "compile")
+_workflow_registered = False
 
-register(app)  # plot, runs, list, new
+
+def register_workflow() -> None:
+    """Add plot, runs, list, new, fmt and show to the command line (once)."""
+    global _workflow_registered
+    if not _workflow_registered:
+        from .workflow_cli import register
+
+        register(app)
+        _workflow_registered = True
 
 
 def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] not in CORE:
+        register_workflow()
     try:
         app()
     except KeyboardInterrupt:

@@ -4,8 +4,8 @@ flattened (`extends` applied), and the evaluation of the values written inside t
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from . import syntax as s
 from .diagnostics import Report, Span, did_you_mean
@@ -19,8 +19,7 @@ class Sym(str):
     """A bare word used as a value: `inverted` in `drop_mode = inverted`."""
 
 
-@dataclass(frozen=True)
-class FlatDef:
+class FlatDef(NamedTuple):
     """A definition with `extends` applied: every parameter, and the body to run."""
 
     kind: str  # block | stem | shortcut
@@ -33,11 +32,13 @@ class FlatDef:
         return [p.name.text for p in self.params]
 
 
-@dataclass
 class Definitions:
-    blocks: dict[str, FlatDef] = field(default_factory=dict)
-    stems: dict[str, FlatDef] = field(default_factory=dict)
-    shortcuts: dict[str, FlatDef] = field(default_factory=dict)
+    """The blocks, stems and shortcuts a spec can use, by name."""
+
+    def __init__(self) -> None:
+        self.blocks: dict[str, FlatDef] = {}
+        self.stems: dict[str, FlatDef] = {}
+        self.shortcuts: dict[str, FlatDef] = {}
 
     def table(self, kind: str) -> dict[str, FlatDef]:
         return {"block": self.blocks, "stem": self.stems, "shortcut": self.shortcuts}[kind]

@@ -13,7 +13,7 @@ multiply-adds count convolutions (bias adds are not counted) and the fc layer.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 Shape = tuple[int, int, int]  # channels, height, width
 
@@ -26,8 +26,7 @@ class LayerError(Exception):
         self.message, self.hint = message, hint
 
 
-@dataclass(frozen=True)
-class Option:
+class Option(NamedTuple):
     """An argument: `kind` is whole (>= 1) | count (>= 0) | probability | flag | word;
     `default` None: required (or, for stride and padding, derived from the kernel)."""
 
@@ -36,13 +35,12 @@ class Option:
     choices: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class Kind:
+class Kind(NamedTuple):
     name: str
     summary: str
     kernel: bool = False  # takes `KxK` (or a whole number for a square kernel)
     positional: str | None = None  # the name the one positional value binds to
-    options: dict[str, Option] = field(default_factory=dict)
+    options: dict[str, Option] = {}
     shape: Callable[[dict, Shape], Shape] = lambda args, shape: shape
     params: Callable[[dict, Shape, Shape], int] = lambda args, inp, out: 0
     macs: Callable[[dict, Shape, Shape], int] = lambda args, inp, out: 0

@@ -9,7 +9,7 @@ input shape) are lowered once and shared, so a 1,202-layer network costs a few b
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from . import ir
 from . import syntax as s
@@ -19,8 +19,7 @@ from .layers import KINDS, LayerError, Shape, complete
 from .limits import MAX_LAYERS
 
 
-@dataclass(frozen=True, eq=False)
-class Layer:
+class Layer(NamedTuple):
     """One primitive layer. `name` is its attribute (None: a parameter-free layer no one names)."""
 
     name: str | None
@@ -33,8 +32,7 @@ class Layer:
     source: s.Layer | None = None
 
 
-@dataclass(frozen=True, eq=False)
-class Group:
+class Group(NamedTuple):
     """Layers numbered 0, 1, ... under one name (an nn.Sequential)."""
 
     name: str
@@ -43,21 +41,18 @@ class Group:
     out: Shape
 
 
-@dataclass(frozen=True, eq=False)
-class Add:
+class Add(NamedTuple):
     """The residual add: the main branch plus `shortcut` (None: the identity)."""
 
     shortcut: Shortcut | None
     out: Shape
 
 
-@dataclass(frozen=True, eq=False)
-class Branch:
+class Branch(NamedTuple):
     """A projecting shortcut reads the main branch here."""
 
 
-@dataclass(frozen=True, eq=False)
-class Shortcut:
+class Shortcut(NamedTuple):
     """A shortcut's layers, as built for one block (numbered when more than one)."""
 
     definition: str
@@ -70,8 +65,7 @@ class Shortcut:
         return any(KINDS[layer.kind].weighted for layer in self.layers)
 
 
-@dataclass(frozen=True, eq=False)
-class Block:
+class Block(NamedTuple):
     """One block: its definition, the arguments it was built with, and its items in order."""
 
     definition: str
@@ -110,22 +104,20 @@ class Block:
         return count
 
 
-@dataclass(frozen=True, eq=False)
-class Stage:
+class Stage(NamedTuple):
     ir: ir.Stage
     attr: str  # layer1, layer2, ...
     blocks: tuple[Block, ...]
     out: Shape
 
 
-@dataclass(frozen=True, eq=False)
-class Lowered:
+class Lowered(NamedTuple):
     network: ir.Network
     preact: bool
     stem: Block
     stages: tuple[Stage, ...]
     head: tuple[Layer, ...]  # [bn_final, relu] (pre-activation), avgpool, [dropout], fc
-    definitions: Definitions = field(repr=False)
+    definitions: Definitions
 
     @property
     def features(self) -> int:
