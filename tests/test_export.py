@@ -4,6 +4,7 @@ each from a checkpoint that the package's own train.py wrote, at more than one b
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,7 @@ train paper_cifar {
 
 
 def compile_tiny(directory: Path, backend: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
     spec_path = directory / "tiny.res"
     spec_path.write_text(TINY)
     spec, analysis = load_spec(spec_path)
@@ -211,3 +213,124 @@ def test_export_is_rendered_with_the_trainer_only(tmp_path):
     for backend in ("torch", "jax"):
         assert "export.py" in build_files(*with_trainer, backend=backend)
         assert "export.py" not in build_files(*model_only, backend=backend)
+
+
+# --- train.py --init-from -----------------------------------------------------------------------
+def distinctive_state_dict(package: Path, name: str) -> dict:
+    """A state_dict of the package's network with random weights, its fc zero and its bias
+    favouring class 0: the first training loss tells that it was the start, and (no gradient
+    reaches through a zero fc) the first step changes the other weights by weight decay alone."""
+    import torch
+
+    torch.manual_seed(123)
+    state = load_module(package / "model.py", name).build_model().state_dict()
+    state["fc.weight"].zero_()
+    state["fc.bias"].zero_()
+    state["fc.bias"][0] = 10.0
+    return state
+
+
+def test_init_from_starts_from_the_files_weights(torch_run, tmp_path):
+    import torch
+
+    package, _ = torch_run
+    state = distinctive_state_dict(package, "tiny_torch_model")
+    weights = tmp_path / "start.pth"
+    torch.save(state, weights)
+    out = tmp_path / "run"
+    result = run(package, "train.py", "--no-progress", "--out", str(out), "--iterations", "1",
+                 "--batch-size", "8", "--eval-images", "20", "--log-every", "1",
+                 "--init-from", str(weights))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["train_loss"] > 7  # about 10 on the 9 classes in 10 that are not 0; 2.3 fresh
+    decay = 1 - first["lr"] * 1e-4  # paper_cifar's weight decay, the only change
+    saved = torch_checkpoint(out / "checkpoint.pt")["model"]
+    model = load_module(package / "model.py", "tiny_torch_model").build_model()
+    for name, _ in model.named_parameters():
+        if not name.startswith("fc."):
+            torch.testing.assert_close(saved[name], state[name] * decay, rtol=1e-6, atol=1e-7)
+
+
+def test_init_from_with_reinit_head_and_mismatches(torch_run, tmp_path):
+    import torch
+
+    package, _ = torch_run
+    state = distinctive_state_dict(package, "tiny_torch_model")
+    state["fc.weight"], state["fc.bias"] = torch.zeros(5, 32), torch.zeros(5)  # 5 classes
+    weights = tmp_path / "five.pth"
+    torch.save(state, weights)
+    args = ["--no-progress", "--iterations", "1", "--batch-size", "8", "--eval-images", "20",
+            "--log-every", "1", "--init-from", str(weights)]  # fmt: skip
+    line = one_line_error(run(package, "train.py", "--out", str(tmp_path / "a"), *args))
+    assert "fc.weight is [5, 32], not [10, 32]" in line and "--reinit-head" in line
+    out = tmp_path / "b"
+    result = run(package, "train.py", "--out", str(out), *args, "--reinit-head")
+    assert result.returncode == 0, result.stderr[-3000:]
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["train_loss"] < 5  # a freshly initialised fc: about 2.3
+    saved = torch_checkpoint(out / "checkpoint.pt")["model"]
+    assert saved["fc.weight"].shape == (10, 32)
+    moved = (saved["conv1.weight"] - state["conv1.weight"]).norm()
+    assert moved < 0.1 * state["conv1.weight"].norm()  # one step from the file's weights
+
+    del state["layer1.0.conv1.weight"]
+    state["extra.weight"] = torch.zeros(1)
+    torch.save(state, weights)
+    line = one_line_error(run(package, "train.py", "--out", str(tmp_path / "c"), *args,
+                              "--reinit-head"))  # fmt: skip
+    assert "missing keys layer1.0.conv1.weight; unexpected keys extra.weight" in line
+    usage = run(package, "train.py", "--out", str(tmp_path / "d"), "--resume",
+                "--init-from", str(weights))  # fmt: skip
+    assert usage.returncode == 2 and "cannot be combined with --resume" in usage.stderr
+    assert len(usage.stderr.strip().splitlines()) == 1
+    (tmp_path / "text.pth").write_text("not weights")
+    line = one_line_error(run(package, "train.py", "--out", str(tmp_path / "e"), "--no-progress",
+                              "--init-from", str(tmp_path / "text.pth")))  # fmt: skip
+    assert "is not a file written by torch.save" in line
+
+
+def test_jax_init_from_reads_the_same_file_through_from_torch(tmp_path):
+    pytest.importorskip("jax")
+    pytest.importorskip("flax")
+    torch = pytest.importorskip("torch")
+
+    torch_package = compile_tiny(tmp_path / "t", "torch")
+    package = compile_tiny(tmp_path / "j", "jax")
+    state = distinctive_state_dict(torch_package, "tiny_torch_model_for_jax")
+    weights = tmp_path / "start.pth"
+    torch.save(state, weights)
+    args = ["--no-progress", "--iterations", "1", "--batch-size", "8", "--eval-images", "20",
+            "--log-every", "1"]  # fmt: skip
+    out = tmp_path / "run"
+    result = run(package, "train.py", "--out", str(out), *args, "--init-from", str(weights))
+    assert result.returncode == 0, result.stderr[-3000:]
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["train_loss"] > 4  # the fc's bias for class 0: 10 on every other label
+    sys.path.insert(0, str(package))
+    try:
+        from_torch = load_module(package / "weights.py", "tiny_jax_weights").from_torch
+    finally:
+        sys.path.remove(str(package))
+    start = from_torch({k: v.numpy() for k, v in state.items()})
+    saved = jax_checkpoint(out / "checkpoint.msgpack")["variables"]
+    decay = 1 - first["lr"] * 1e-4  # no gradient through a zero fc: weight decay alone
+    kernel = ("layer1_0", "conv1", "kernel")
+    got, want = saved["params"], start["params"]
+    for key in kernel:
+        got, want = got[key], want[key]
+    np.testing.assert_allclose(got, np.asarray(want) * decay, rtol=1e-5, atol=1e-7)
+
+    state["fc.weight"], state["fc.bias"] = torch.zeros(5, 32), torch.zeros(5)
+    torch.save(state, weights)
+    line = one_line_error(run(package, "train.py", "--out", str(tmp_path / "a"), *args,
+                              "--init-from", str(weights)))  # fmt: skip
+    assert "fc.weight is [5, 32], not [10, 32]" in line and "--reinit-head" in line
+    result = run(package, "train.py", "--out", str(tmp_path / "b"), *args,
+                 "--init-from", str(weights), "--reinit-head")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    del state["layer1.0.conv1.weight"]
+    torch.save(state, weights)
+    line = one_line_error(run(package, "train.py", "--out", str(tmp_path / "c"), *args,
+                              "--init-from", str(weights), "--reinit-head"))  # fmt: skip
+    assert "missing keys layer1.0.conv1.weight" in line
