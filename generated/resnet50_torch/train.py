@@ -245,10 +245,10 @@ def load_checkpoint(path: Path, model: torch.nn.Module, device: torch.device) ->
     return state
 
 
-def init_from(model: torch.nn.Module, path: Path, reinit_head: bool) -> None:
-    """--init-from: the weights of a torchvision-format state_dict file (nothing is downloaded).
-    Every key must match; with --reinit-head the fc keeps its initialisation (another class
-    count) and every other key must match."""
+def read_init(path: Path, reinit_head: bool) -> dict[str, torch.Tensor]:
+    """--init-from: the weights of a torchvision-format state_dict file (nothing is downloaded),
+    checked against the network before anything else is done. Every key must match; with
+    --reinit-head the fc is left out (another class count) and every other key must match."""
     if path.is_file() and not zipfile.is_zipfile(path):
         raise runtime.RunError(f"{path} is not a file written by torch.save (a state_dict .pth)")
     try:
@@ -262,7 +262,8 @@ def init_from(model: torch.nn.Module, path: Path, reinit_head: bool) -> None:
         isinstance(v, torch.Tensor) for v in loaded.values()
     ):
         raise runtime.RunError(f"{path} is not a state_dict (a dict of names to tensors)")
-    own = model.state_dict()
+    with torch.device("meta"):  # the names and shapes alone
+        own = build_model().state_dict()
     kept = {
         name: tensor
         for name, tensor in loaded.items()
@@ -277,7 +278,7 @@ def init_from(model: torch.nn.Module, path: Path, reinit_head: bool) -> None:
     ]
     if wrong:
         raise runtime.shape_mismatch(path, wrong)
-    model.load_state_dict(kept, strict=not reinit_head)
+    return kept
 
 
 def resume(
@@ -354,6 +355,7 @@ def stop_requested(signals: runtime.Signals, device: torch.device, world: int) -
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    init = read_init(args.init_from, args.reinit_head) if args.init_from is not None else None
     signals = runtime.Signals()  # Ctrl-C, SIGTERM: the step is finished and checkpointed
     rank, world, device = setup(args.device)
     choose_defaults(args, device, world)
@@ -381,8 +383,8 @@ def main(argv: list[str] | None = None) -> None:
     # what a checkpoint holds beside the model; a resume restores it
     parts = {"optimizer": optimizer, "schedule": schedule, "data": data}
     state = resume(run, model, parts, device, rank) if args.resume else {}
-    if args.init_from is not None:  # a new run from the weights of a file
-        init_from(model, args.init_from, args.reinit_head)
+    if init is not None:  # a new run from the weights of a file (--reinit-head: but the fc)
+        model.load_state_dict(init, strict=not args.reinit_head)
         if rank == 0:
             print(
                 f"initialised from {args.init_from}"

@@ -422,28 +422,43 @@ def read_state_dict(path: Path) -> dict[str, np.ndarray]:
     return loaded
 
 
-def init_from(variables: dict, path: Path, reinit_head: bool) -> dict:
-    """--init-from: the variables of a torchvision-format state_dict file, through
-    weights.from_torch. Every key must match; with --reinit-head the fc keeps `variables`'
-    initialisation (another class count) and every other key must match."""
+def head_of(variables: dict) -> dict[str, np.ndarray]:
+    """The fc of `variables` (arrays or shapes) under its PyTorch names, in PyTorch's layout."""
+    head = variables["params"][runtime.HEAD]
+    return {f"{runtime.HEAD}.weight": head["kernel"].T, f"{runtime.HEAD}.bias": head["bias"]}
+
+
+def read_init(path: Path, reinit_head: bool) -> dict[str, np.ndarray]:
+    """--init-from: a torchvision-format state_dict file (nothing is downloaded), checked against
+    the network through weights.from_torch before anything else is done. Every key must match;
+    with --reinit-head the fc is left out (another class count) and every other key must match."""
     state_dict = read_state_dict(path)
-    head = jax.device_get(variables["params"][runtime.HEAD])
-    head = {f"{runtime.HEAD}.weight": head["kernel"].T, f"{runtime.HEAD}.bias": head["bias"]}
-    wrong = [(name, state_dict[name].shape, head[name].shape) for name in head
-             if name in state_dict and state_dict[name].shape != head[name].shape]  # fmt: skip
+    fc = jax.eval_shape(init_variables, 0)["params"][runtime.HEAD]
+    shapes = head_of(
+        {"params": {runtime.HEAD: {k: np.zeros(v.shape, v.dtype) for k, v in fc.items()}}}
+    )
+    wrong = [(name, state_dict[name].shape, shapes[name].shape) for name in shapes
+             if name in state_dict and state_dict[name].shape != shapes[name].shape]  # fmt: skip
     if wrong and not reinit_head:  # another class count
         raise runtime.shape_mismatch(path, wrong)
     if reinit_head:
         state_dict = {
             name: array for name, array in state_dict.items() if not runtime.is_head(name)
         }
-        state_dict |= head  # as initialised
     try:
-        return from_torch(state_dict)
+        from_torch(state_dict | shapes if reinit_head else state_dict)
     except StateDictMismatch as error:
         raise runtime.state_dict_mismatch(path, error.missing, error.unexpected) from None
     except ValueError as error:
         raise runtime.RunError(f"{path} does not match this network ({error})") from None
+    return state_dict
+
+
+def init_from(variables: dict, state_dict: dict[str, np.ndarray], reinit_head: bool) -> dict:
+    """The variables of a checked state_dict (read_init); with --reinit-head, the fc of
+    `variables`, as initialised."""
+    head = head_of(jax.device_get(variables)) if reinit_head else {}
+    return from_torch(state_dict | head)
 
 
 def resume(
@@ -494,6 +509,7 @@ def stop_requested(signals: runtime.Signals) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    init = read_init(args.init_from, args.reinit_head) if args.init_from is not None else None
     signals = runtime.Signals()  # Ctrl-C, SIGTERM: the step is finished and checkpointed
     mesh = setup(args)
     args.amp = mesh.devices.flat[0].platform == "gpu" if args.amp is None else args.amp
@@ -525,8 +541,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     if not variables:  # a new run
         variables = jit(init_variables, args, static_argnums=0)(args.seed)
-        if args.init_from is not None:  # from the weights of a file
-            variables = init_from(variables, args.init_from, args.reinit_head)
+        if init is not None:  # from the weights of a file (--reinit-head: but the fc)
+            variables = init_from(variables, init, args.reinit_head)
             if lead:
                 print(
                     f"initialised from {args.init_from}"
