@@ -50,7 +50,7 @@ def test_a_quote_in_the_spec_and_output_names_stays_text(tmp_path, capsys, monke
     monkeypatch.chdir(tmp_path)
     code, _, err = run_cli(["compile", str(spec), "-o", str(out)], capsys)
     assert code == 0, err
-    for name in ("model.py", "train.py", "data.py", "__init__.py"):
+    for name in ("model.py", "train.py", "data.py", "__init__.py", "export.py"):
         source = (out / name).read_text()
         compile(source, name, "exec")  # still Python
         assert "\nimport os; os.system" not in source
@@ -61,6 +61,11 @@ def test_a_quote_in_the_spec_and_output_names_stays_text(tmp_path, capsys, monke
     assert result.returncode == 0, result.stderr
     result = subprocess.run(
         [sys.executable, "train.py", "--help"], cwd=out, capture_output=True, text=True,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    result = subprocess.run(
+        [sys.executable, "export.py", "--help"], cwd=out, capture_output=True, text=True,
         check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

@@ -28,10 +28,13 @@ mean).
 """
 
 import argparse
+import collections
 import json
 import math
+import pickle
 import signal
 import sys
+import zipfile
 from functools import partial
 from pathlib import Path
 
@@ -45,6 +48,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import runtime
 from data import DATA_PATH, ArrayData, DataError, replicate, training_batch
 from model import build_model, init_variables
+from weights import StateDictMismatch, from_torch
 
 # The spec's training section ----------------------------------------------------------------
 SPEC = "specs/fashion-mnist/resnet20.res"
@@ -278,6 +282,108 @@ def checked_variables(saved: dict, path: Path) -> dict:
     return saved["variables"]
 
 
+# Starting from weights (--init-from) ------------------------------------------------------------
+# torch.save's storages as NumPy dtypes: a state_dict file is read without PyTorch
+STORAGE_DTYPES = {
+    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
+    "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
+    "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+}  # fmt: skip
+
+
+def rebuild_tensor(storage, offset, size, stride, *unused):
+    """torch._utils._rebuild_tensor_v2: a view of a storage, as a NumPy array."""
+    strides = [step * storage.itemsize for step in stride]
+    return np.lib.stride_tricks.as_strided(storage[offset:], tuple(size), strides).copy()
+
+
+class StateDictUnpickler(pickle.Unpickler):
+    """data.pkl of a torch.save zip file, its tensors as NumPy arrays; nothing else is built."""
+
+    def __init__(self, archive: zipfile.ZipFile, prefix: str) -> None:
+        super().__init__(archive.open(prefix + "data.pkl"))
+        self.archive, self.prefix = archive, prefix
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return rebuild_tensor
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        if module == "torch" and name in STORAGE_DTYPES:
+            return name
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a state_dict of tensors")
+
+    def persistent_load(self, saved_id):
+        _, storage, key, _, _ = saved_id  # ("storage", type, key, location, size)
+        return np.frombuffer(self.archive.read(f"{self.prefix}data/{key}"), STORAGE_DTYPES[storage])
+
+
+def read_state_dict(path: Path) -> dict[str, np.ndarray]:
+    """A state_dict file written by torch.save (a .pth), without PyTorch."""
+    if not path.is_file():
+        raise runtime.RunError(f"{path} does not exist; give a state_dict file (.pth)")
+    if not zipfile.is_zipfile(path):
+        raise runtime.RunError(f"{path} is not a file written by torch.save (a state_dict .pth)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
+            if len(pickles) != 1:
+                raise ValueError("no data.pkl in it")
+            loaded = StateDictUnpickler(archive, pickles[0].removesuffix("data.pkl")).load()
+    except (
+        pickle.UnpicklingError,
+        ValueError,
+        KeyError,
+        TypeError,
+        EOFError,
+        OSError,
+        zipfile.BadZipFile,
+    ) as error:
+        raise runtime.RunError(f"{path} cannot be read as a state_dict ({error})") from None
+    if not isinstance(loaded, dict) or not all(isinstance(v, np.ndarray) for v in loaded.values()):
+        raise runtime.RunError(f"{path} is not a state_dict (a dict of names to tensors)")
+    return loaded
+
+
+def head_of(variables: dict) -> dict[str, np.ndarray]:
+    """The fc of `variables` (arrays or shapes) under its PyTorch names, in PyTorch's layout."""
+    head = variables["params"][runtime.HEAD]
+    return {f"{runtime.HEAD}.weight": head["kernel"].T, f"{runtime.HEAD}.bias": head["bias"]}
+
+
+def read_init(path: Path, reinit_head: bool) -> dict[str, np.ndarray]:
+    """--init-from: a torchvision-format state_dict file (nothing is downloaded), checked against
+    the network through weights.from_torch before anything else is done. Every key must match;
+    with --reinit-head the fc is left out (another class count) and every other key must match."""
+    state_dict = read_state_dict(path)
+    fc = jax.eval_shape(init_variables, 0)["params"][runtime.HEAD]
+    shapes = head_of(
+        {"params": {runtime.HEAD: {k: np.zeros(v.shape, v.dtype) for k, v in fc.items()}}}
+    )
+    wrong = [(name, state_dict[name].shape, shapes[name].shape) for name in shapes
+             if name in state_dict and state_dict[name].shape != shapes[name].shape]  # fmt: skip
+    if wrong and not reinit_head:  # another class count
+        raise runtime.shape_mismatch(path, wrong)
+    if reinit_head:
+        state_dict = {
+            name: array for name, array in state_dict.items() if not runtime.is_head(name)
+        }
+    try:
+        from_torch(state_dict | shapes if reinit_head else state_dict)
+    except StateDictMismatch as error:
+        raise runtime.state_dict_mismatch(path, error.missing, error.unexpected) from None
+    except ValueError as error:
+        raise runtime.RunError(f"{path} does not match this network ({error})") from None
+    return state_dict
+
+
+def init_from(variables: dict, state_dict: dict[str, np.ndarray], reinit_head: bool) -> dict:
+    """The variables of a checked state_dict (read_init); with --reinit-head, the fc of
+    `variables`, as initialised."""
+    head = head_of(jax.device_get(variables)) if reinit_head else {}
+    return from_torch(state_dict | head)
+
+
 def resume(
     run: runtime.RunDirectory, optimizer, parts: dict, lead: bool
 ) -> tuple[dict, dict, dict]:
@@ -326,6 +432,7 @@ def stop_requested(signals: runtime.Signals) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    init = read_init(args.init_from, args.reinit_head) if args.init_from is not None else None
     signals = runtime.Signals()  # Ctrl-C, SIGTERM: the step is finished and checkpointed
     mesh = setup(args)
     args.amp = mesh.devices.flat[0].platform == "gpu" if args.amp is None else args.amp
@@ -357,6 +464,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     if not variables:  # a new run
         variables = jit(init_variables, args, static_argnums=0)(args.seed)
+        if init is not None:  # from the weights of a file (--reinit-head: but the fc)
+            variables = init_from(variables, init, args.reinit_head)
+            if lead:
+                print(
+                    f"initialised from {args.init_from}"
+                    + (" (the fc as initialised)" if args.reinit_head else "")
+                )
         opt_state = optimizer.init(variables["params"])
     start, window = saved.get("iteration", 0), saved.get("log_window", [])
     state = replicate({**variables, "opt_state": opt_state}, mesh)

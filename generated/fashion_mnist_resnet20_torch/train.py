@@ -32,6 +32,7 @@ import math
 import os
 import signal
 import sys
+import zipfile
 from pathlib import Path
 
 import torch
@@ -193,6 +194,42 @@ def load_checkpoint(path: Path, model: torch.nn.Module, device: torch.device) ->
     return state
 
 
+def read_init(path: Path, reinit_head: bool) -> dict[str, torch.Tensor]:
+    """--init-from: the weights of a torchvision-format state_dict file (nothing is downloaded),
+    checked against the network before anything else is done. Every key must match; with
+    --reinit-head the fc is left out (another class count) and every other key must match."""
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise runtime.RunError(f"{path} is not a file written by torch.save (a state_dict .pth)")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise runtime.RunError(f"{path} does not exist; give a state_dict file (.pth)") from None
+    except Exception as error:  # not a file torch.load reads
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise runtime.RunError(f"{path} cannot be read as a state_dict ({reason})") from None
+    if not isinstance(loaded, dict) or not all(
+        isinstance(v, torch.Tensor) for v in loaded.values()
+    ):
+        raise runtime.RunError(f"{path} is not a state_dict (a dict of names to tensors)")
+    with torch.device("meta"):  # the names and shapes alone
+        own = build_model().state_dict()
+    kept = {
+        name: tensor
+        for name, tensor in loaded.items()
+        if not (reinit_head and runtime.is_head(name))
+    }
+    wanted = [name for name in own if not (reinit_head and runtime.is_head(name))]
+    missing, unexpected = [n for n in wanted if n not in kept], [n for n in kept if n not in own]
+    if missing or unexpected:
+        raise runtime.state_dict_mismatch(path, missing, unexpected)
+    wrong = [
+        (n, tuple(t.shape), tuple(own[n].shape)) for n, t in kept.items() if t.shape != own[n].shape
+    ]
+    if wrong:
+        raise runtime.shape_mismatch(path, wrong)
+    return kept
+
+
 def resume(
     run: runtime.RunDirectory, model: torch.nn.Module, parts: dict, device: torch.device, rank: int
 ) -> dict:
@@ -324,6 +361,7 @@ def stop_requested(signals: runtime.Signals, device: torch.device, world: int) -
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    init = read_init(args.init_from, args.reinit_head) if args.init_from is not None else None
     signals = runtime.Signals()  # Ctrl-C, SIGTERM: the step is finished and checkpointed
     rank, world, device = setup(args.device)
     choose_defaults(args, device, world)
@@ -351,6 +389,13 @@ def main(argv: list[str] | None = None) -> None:
     # what a checkpoint holds beside the model; a resume restores it
     parts = {"optimizer": optimizer, "schedule": schedule, "data": data}
     state = resume(run, model, parts, device, rank) if args.resume else {}
+    if init is not None:  # a new run from the weights of a file (--reinit-head: but the fc)
+        model.load_state_dict(init, strict=not args.reinit_head)
+        if rank == 0:
+            print(
+                f"initialised from {args.init_from}"
+                + (" (the fc as initialised)" if args.reinit_head else "")
+            )
     start, window = state.get("iteration", 0), [t.to(device) for t in state.get("log_window", [])]
     log = runtime.TrainingLog(run, args, total, start, lead=rank == 0, clock=state.get("clock"))
 

@@ -107,6 +107,12 @@ def training_parser(
     p.add_argument("--resume", action="store_true", help=f"continue from OUT/{checkpoint}")
     p.add_argument("--eval-only", action="store_true", help="evaluate --checkpoint and stop")
     p.add_argument("--checkpoint", type=Path, help="checkpoint for --eval-only")
+    p.add_argument("--init-from", type=Path, metavar="FILE",
+                   help="start from the weights of a torchvision-format state_dict file (.pth; "
+                   "nothing is downloaded); every key must match")  # fmt: skip
+    p.add_argument("--reinit-head", action="store_true",
+                   help=f"with --init-from: leave the {HEAD} layer as initialised (another class "
+                   "count); every other key must match")  # fmt: skip
     p.add_argument("--val-split", type=non_negative, default=val_split, metavar="N",
                    help=f"hold out {held_out} for validation")  # fmt: skip
     p.add_argument("--eval-images", type=positive, metavar="N",
@@ -126,7 +132,43 @@ def parse(p: Parser, argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.eval_only and args.checkpoint is None:
         p.error("--eval-only needs --checkpoint PATH")
+    if args.init_from is not None and (args.resume or args.eval_only):
+        p.error("--init-from starts a new run: it cannot be combined with --resume or --eval-only")
+    if args.reinit_head and args.init_from is None:
+        p.error("--reinit-head needs --init-from FILE")
     return args
+
+
+# Starting from weights (--init-from) --------------------------------------------------------
+HEAD = "fc"  # the classifier, left as initialised by --reinit-head
+
+
+def is_head(name: str) -> bool:
+    """Whether a state_dict name belongs to the classifier."""
+    return name.split(".")[0] == HEAD
+
+
+def names_listed(names: list[str], shown: int = 3) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def state_dict_mismatch(path: Path, missing: list[str], unexpected: list[str]) -> RunError:
+    """A state_dict file whose names are not the network's: the first few of each kind."""
+    parts = [f"missing keys {names_listed(missing)}"] if missing else []
+    parts += [f"unexpected keys {names_listed(unexpected)}"] if unexpected else []
+    return RunError(f"{path} does not match this network: {'; '.join(parts)}")
+
+
+def shape_mismatch(path: Path, wrong: list[tuple[str, tuple, tuple]]) -> RunError:
+    """A state_dict file with tensors of other shapes: (name, the file's, the network's)."""
+    listed = "; ".join(f"{name} is {list(got)}, not {list(want)}" for name, got, want in wrong[:3])
+    hint = (
+        " (another class count: add --reinit-head)"
+        if all(is_head(name) for name, _, _ in wrong)
+        else ""
+    )
+    return RunError(f"{path} does not match this network: {listed}{hint}")
 
 
 def resume_command() -> str:

@@ -58,5 +58,6 @@ def render_package(
         context |= train_context(spec)  # the PyTorch trainer's facts: the same recipe
         files["data.py"] = render_template("jax/data.py.jinja", **context)
         files["train.py"] = render_template("jax/train.py.jinja", **context)
+        files["export.py"] = render_template("jax/export.py.jinja", **context)
         files["runtime.py"] = runtime_module(header)
     return files

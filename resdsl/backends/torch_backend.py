@@ -26,6 +26,7 @@ def render_package(
         context |= train_context(spec)
         files["data.py"] = render_template("torch/data.py.jinja", **context)
         files["train.py"] = render_template("torch/train.py.jinja", **context)
+        files["export.py"] = render_template("torch/export.py.jinja", **context)
         files["runtime.py"] = runtime_module(header)
     return files
 
