@@ -165,6 +165,44 @@ def negate_expr(expr):
     return s.Not(expr, expr.span)
 
 
+def fold_let(st: s.Let, folder: Folder) -> str | None:
+    """Fold `NAME = value` into `folder`; the assignment to print when the value is an expression
+    of constructor arguments (a bare name, such as `self.planes`, is used where it stands)."""
+    value = folder.fold(st.value)
+    name = st.name.text
+    if isinstance(value, Code) and not value.text.replace(".", "").isidentifier():
+        folder.code[name] = name
+        return f"{name} = {value.text}"
+    if isinstance(value, Code):
+        folder.code[name] = value.text
+    else:
+        folder.constants[name] = value
+    return None
+
+
+def decided(condition, folder: Folder, what: str) -> bool:
+    """An `if`'s condition, which must be the same for every block of a class."""
+    value = folder.fold(condition)
+    if isinstance(value, Code):
+        raise EmitError(
+            f"an `if` of {what} depends on `{value.text}`, which differs between its blocks; "
+            "write two blocks instead"
+        )
+    return value
+
+
+def group_layers(body, folder: Folder):
+    """The layers of a numbered group, its `if`s decided and its values folded."""
+    for st in body:
+        if isinstance(st, s.If):
+            taken = st.then if decided(st.condition, folder, "a group") else st.otherwise
+            yield from group_layers(taken or (), folder)
+        elif isinstance(st, s.Layer):
+            yield st
+        elif isinstance(st, s.Let) and fold_let(st, folder) is not None:
+            raise EmitError("a value computed inside a group must not depend on a varying value")
+
+
 def layer_arguments(st: s.Layer, folder: Folder) -> dict | None:
     """A layer's arguments as the emitters print them: every option with its default, folded
     (a Code where it depends on a constructor argument); None for a layer that vanishes at 0."""

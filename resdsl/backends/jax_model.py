@@ -12,6 +12,9 @@ from ..classes import (
     EmitError,
     Folder,
     block_classes,
+    decided,
+    fold_let,
+    group_layers,
     layer_arguments,
     literal,
     show,
@@ -98,44 +101,24 @@ class JaxWalker:
 
     def statement(self, st) -> None:
         if isinstance(st, s.Let):
-            value = self.folder.fold(st.value)
-            if isinstance(value, Code) and not value.text.replace(".", "").isidentifier():
-                self.lines.append(f"{st.name.text} = {value.text}")
-                self.folder.code[st.name.text] = st.name.text
-            elif isinstance(value, Code):
-                self.folder.code[st.name.text] = value.text
-            else:
-                self.folder.constants[st.name.text] = value
+            line = fold_let(st, self.folder)
+            if line is not None:
+                self.lines.append(line)
         elif isinstance(st, s.If):
-            condition = self.folder.fold(st.condition)
-            if isinstance(condition, Code):
-                raise EmitError(
-                    f"an `if` of a block depends on `{condition.text}`, which differs between "
-                    "its blocks; write two blocks instead"
-                )
-            for inner in st.then if condition else (st.otherwise or ()):
+            taken = st.then if decided(st.condition, self.folder, "a block") else st.otherwise
+            for inner in taken or ():
                 self.statement(inner)
         elif isinstance(st, s.Layer):
             self.layer(st, st.label.text if st.label else None)
         elif isinstance(st, s.Group):
             index = 0
-            for inner in self._flatten(st.body):
+            for inner in group_layers(st.body, self.folder):
                 self.layer(inner, f"{st.label.text}_{index}")
                 index += 1
         elif isinstance(st, s.Branch):
             self.lines.append("BRANCH")
         elif isinstance(st, s.Add):
             self.lines.append("ADD")
-
-    def _flatten(self, body):
-        for st in body:
-            if isinstance(st, s.If):
-                condition = self.folder.fold(st.condition)
-                if isinstance(condition, Code):
-                    raise EmitError(f"an `if` in a group depends on `{condition.text}`")
-                yield from self._flatten(st.then if condition else (st.otherwise or ()))
-            elif isinstance(st, s.Layer):
-                yield st
 
     def arguments(self, st: s.Layer) -> dict | None:
         return layer_arguments(st, self.folder)

@@ -13,6 +13,9 @@ from ..classes import (
     EmitError,
     Folder,
     block_classes,
+    decided,
+    fold_let,
+    group_layers,
     layer_arguments,
     literal,
     negate_expr,
@@ -124,29 +127,18 @@ class Walker:
 
     def statement(self, st, cls) -> None:
         if isinstance(st, s.Let):
-            value = self.folder.fold(st.value)
-            name = st.name.text
-            if isinstance(value, Code) and not value.text.isidentifier():
-                self.built.init.append(f"{name} = {value.text}")
-                self.folder.code[name] = name
-            elif isinstance(value, Code):
-                self.folder.code[name] = value.text
-            else:
-                self.folder.constants[name] = value
+            line = fold_let(st, self.folder)
+            if line is not None:
+                self.built.init.append(line)
         elif isinstance(st, s.If):
-            condition = self.folder.fold(st.condition)
-            if isinstance(condition, Code):
-                raise EmitError(
-                    f"an `if` of a block depends on `{condition.text}`, which differs between "
-                    "its blocks; write two blocks instead"
-                )
-            for inner in st.then if condition else (st.otherwise or ()):
+            taken = st.then if decided(st.condition, self.folder, "a block") else st.otherwise
+            for inner in taken or ():
                 self.statement(inner, cls)
         elif isinstance(st, s.Layer):
             self.layer(st, cls)
         elif isinstance(st, s.Group):
             parts = []
-            for inner in self._flatten(st.body):
+            for inner in group_layers(st.body, self.folder):
                 text = self.constructor(inner)
                 if text is not None:
                     parts.append(text)
@@ -156,18 +148,6 @@ class Walker:
             self.built.forward.append("BRANCH")
         elif isinstance(st, s.Add):
             self.built.forward.append("ADD")
-
-    def _flatten(self, body):
-        for st in body:
-            if isinstance(st, s.If):
-                condition = self.folder.fold(st.condition)
-                if isinstance(condition, Code):
-                    raise EmitError(f"an `if` in a group depends on `{condition.text}`")
-                yield from self._flatten(st.then if condition else (st.otherwise or ()))
-            elif isinstance(st, s.Layer):
-                yield st
-            elif isinstance(st, s.Let):
-                self.statement(st, None)
 
     def arguments(self, st: s.Layer) -> dict | None:
         args = layer_arguments(st, self.folder)
