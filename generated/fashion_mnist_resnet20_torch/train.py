@@ -230,6 +230,24 @@ def read_init(path: Path, reinit_head: bool) -> dict[str, torch.Tensor]:
     return kept
 
 
+def sgd(parameters) -> torch.optim.SGD:
+    """The spec's optimizer: SGD with its momentum and weight decay (the rate is the schedule's)."""
+    return torch.optim.SGD(parameters, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+
+
+def start_from(model: torch.nn.Module, init: dict | None, args, lead: bool) -> None:
+    """--init-from: load the file's weights into the new network (with --reinit-head, all but
+    the fc, which keeps its initialisation for another class count)."""
+    if init is None:
+        return
+    model.load_state_dict(init, strict=not args.reinit_head)
+    if lead:
+        print(
+            f"initialised from {args.init_from}"
+            + (" (the fc as initialised)" if args.reinit_head else "")
+        )
+
+
 def resume(
     run: runtime.RunDirectory, model: torch.nn.Module, parts: dict, device: torch.device, rank: int
 ) -> dict:
@@ -383,19 +401,11 @@ def main(argv: list[str] | None = None) -> None:
 
     total = args.iterations or ITERATIONS
     schedule = Schedule(total, ITERATIONS)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY
-    )
+    optimizer = sgd(model.parameters())
     # what a checkpoint holds beside the model; a resume restores it
     parts = {"optimizer": optimizer, "schedule": schedule, "data": data}
     state = resume(run, model, parts, device, rank) if args.resume else {}
-    if init is not None:  # a new run from the weights of a file (--reinit-head: but the fc)
-        model.load_state_dict(init, strict=not args.reinit_head)
-        if rank == 0:
-            print(
-                f"initialised from {args.init_from}"
-                + (" (the fc as initialised)" if args.reinit_head else "")
-            )
+    start_from(model, init, args, lead=rank == 0)  # --init-from: a new run from a file's weights
     start, window = state.get("iteration", 0), [t.to(device) for t in state.get("log_window", [])]
     log = runtime.TrainingLog(run, args, total, start, lead=rank == 0, clock=state.get("clock"))
 
