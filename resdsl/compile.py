@@ -197,7 +197,7 @@ def write_package(
     complete. Without `force`, refuse to replace a directory resdsl did not generate, one holding
     other files, or (given `origin`) a package compiled from another spec, for another backend or
     with other --set values. Raises `CompileError`."""
-    target = _writable_target(target, force)
+    target = _writable_target(target)
     if target.exists() and not force:
         if not target.is_dir():
             raise CompileError(
@@ -258,7 +258,7 @@ def write_package(
         raise
 
 
-def _writable_target(target: Path, force: bool) -> Path:
+def _writable_target(target: Path) -> Path:
     """The directory to replace: a link to a directory is followed (the link stays); the working
     directory, its ancestors, a dangling link and a path under a file are refused."""
     if target.is_symlink():
@@ -283,7 +283,6 @@ def _writable_target(target: Path, force: bool) -> Path:
                 f"cannot create {target}: {parent} is a file, not a directory",
                 "choose another -o",
             )
-    del force
     return target
 
 

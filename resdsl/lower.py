@@ -192,7 +192,7 @@ class Lowering:
         """Refuse absurd depths (`--set n=10**9`) from each stage's first block, before lowering
         every block."""
         depth, shape, dilation = stem.depth + 1, stem.out, 1
-        for i, stage in enumerate(self.network.stages):
+        for stage in self.network.stages:
             args = self._block_args(stage, 0, dilation, 1, 1)
             args.pop("drop_path", None)
             definition = self.definitions.blocks[stage.block.name]
@@ -202,7 +202,6 @@ class Lowering:
                 return False
             depth += stage.blocks * block.depth
             shape, dilation = block.out, stage.dilation
-            del i
         if depth > MAX_LAYERS:
             self.report.error(
                 f"network `{self.network.name}` would have {depth:,} layers; resdsl refuses "

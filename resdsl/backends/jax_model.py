@@ -327,10 +327,8 @@ def _out_channels(cls: BlockClass) -> str | None:
 
 
 def _doc(cls: BlockClass) -> str:
-    from .torch_model import TorchEmitter  # the same words as the PyTorch package
-
-    del TorchEmitter
-    return cls.docstring if hasattr(cls, "docstring") else cls.name
+    """The class's docstring: the PyTorch package's words (set by `render_model`)."""
+    return getattr(cls, "docstring", cls.name)
 
 
 HELPERS = {
@@ -384,7 +382,6 @@ def render_model(emitter: JaxEmitter, torch_emitter, spec, analysis, header: str
     from .torch_model import _module_doc
 
     net = spec.network
-    lowered = emitter.lowered
     torch_emitter_classes = {c.name: c for c in torch_emitter.classes}
     for cls in torch_emitter.classes:
         torch_emitter.block_class(cls)  # fills in what the docstrings say
@@ -473,7 +470,6 @@ def logits(variables: dict[str, Any], images: jax.Array) -> jax.Array:
     """
     return build_model().apply(variables, images)
 '''
-    del lowered
     parts = [header + doc, prelude, *helpers, body, tail]
     return "\n\n\n".join(p.rstrip("\n") for p in parts) + "\n"
 
@@ -504,7 +500,7 @@ def _resnet(emitter: JaxEmitter, net, spec) -> str:
                   f"        rates = [{net.drop_path!r} * i / {total} for i in range(1, {total + 1})]"]  # fmt: skip
     first = 0
     dilation = 1
-    for number, stage in enumerate(lowered.stages, start=1):
+    for stage in lowered.stages:
         st = stage.ir
         cls = next(c for c in emitter.stage_classes if stage.blocks[0] in c.instances)
         out = "x".join(map(str, stage.out))
@@ -541,7 +537,6 @@ def _resnet(emitter: JaxEmitter, net, spec) -> str:
             )
         first += st.blocks
         dilation = st.dilation
-        del number
     if lowered.preact:
         lines += ["", '        x = norm(name="bn_final")(x)', "        x = nn.relu(x)"]
     lines += ["", "        if features_only:", "            return x", "",

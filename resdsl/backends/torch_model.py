@@ -462,7 +462,6 @@ __all__ = ["Add", "Block", "TorchEmitter"]
 
 def render_model(emitter: TorchEmitter, spec, analysis, header: str) -> str:
     """model.py: header, docstring, imports, helpers, block classes, ResNet, build_model."""
-    lowered = emitter.lowered
     net = spec.network
     classes = [emitter.block_class(cls) for cls in emitter.classes]
     resnet = _resnet(emitter, net)
@@ -479,7 +478,6 @@ def render_model(emitter: TorchEmitter, spec, analysis, header: str) -> str:
     )
     parts = [header + _module_doc(emitter, spec, analysis), "\n".join(imports), *helpers, body,
              build]  # fmt: skip
-    del lowered
     return "\n\n\n".join(part.rstrip("\n") for part in parts) + "\n"
 
 

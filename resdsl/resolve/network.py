@@ -160,15 +160,13 @@ class NetworkReader:
             hint = did_you_mean(
                 name, choices, "options" if stage else f"options of `{definition.name}`"
             )
-        where = "a stage of" if stage else definition.kind
         self.report.error(
-            f"unknown option `{name}` for {where} `{definition.name}`"
-            if not stage
-            else f"unknown option `{name}` for a stage of `{definition.name}` blocks",
+            f"unknown option `{name}` for a stage of `{definition.name}` blocks"
+            if stage
+            else f"unknown option `{name}` for {definition.kind} `{definition.name}`",
             option.name.span,
             hint,
         )
-        del where
 
     def _value(self, option: s.Option):
         value = option.value
