@@ -63,6 +63,7 @@ def main_options(
 
 
 def _fail(report: Report) -> None:
+    """Print every diagnostic and their count; exit 1 (every command's way to fail)."""
     typer.echo(report.render(), err=True)
     errors = sum(d.severity == "error" for d in report.diagnostics)
     typer.echo(f"{errors} error{'s' * (errors != 1)}", err=True)

@@ -29,6 +29,7 @@ def fmt(
     ] = False,
 ) -> None:
     """Lay out .res files the way the library is laid out (comments and meaning kept)."""
+    from .cli import _fail
     from .diagnostics import Report, display_path
     from .fmt import FormatError, format_text, write_atomically
     from .resolve import Loader
@@ -55,9 +56,6 @@ def fmt(
         changed += 1
         typer.echo(shown if check else f"reformatted {shown}")
     if report.failed:
-        typer.echo(report.render(), err=True)
-        errors = sum(d.severity == "error" for d in report.diagnostics)
-        typer.echo(f"{errors} error{'s' * (errors != 1)}", err=True)
-        raise typer.Exit(1)
+        _fail(report)
     if check and changed:
         raise typer.Exit(1)

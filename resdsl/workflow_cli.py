@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from .cli import _fail
 from .diagnostics import Diagnostic, Report, SpecError
 
 RunsArgument = Annotated[
@@ -22,13 +23,6 @@ RunsArgument = Annotated[
         show_default=False,
     ),
 ]
-
-
-def _fail(report: Report) -> None:
-    typer.echo(report.render(), err=True)
-    errors = sum(d.severity == "error" for d in report.diagnostics)
-    typer.echo(f"{errors} error{'s' * (errors != 1)}", err=True)
-    raise typer.Exit(1)
 
 
 def _error(message: str, hint: str | None = None) -> None:
