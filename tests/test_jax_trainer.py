@@ -537,7 +537,7 @@ def test_two_devices_and_two_processes_train_as_one(run_jax, synthetic, tmp_path
         errors = [process.communicate(timeout=600)[1] for process in processes]
         if all(process.returncode == 0 for process in processes):
             break
-        assert any("address already in use" in e.lower() for e in errors), errors[0][-3000:]
+        assert any("Address already in use" in e for e in errors), errors[0][-3000:]
     else:
         raise AssertionError("three ports were taken before the coordinator could bind them")
     (tmp_path / "p2").symlink_to(run)
@@ -671,6 +671,39 @@ def test_flags_out_of_range_are_one_line_usage_errors(run_jax, synthetic, tmp_pa
     assert result.returncode == 2 and not (tmp_path / "run").exists()
     assert result.stderr == (
         "error: argument --batch-size: must be a positive integer, not -4 (see train.py --help)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(["--coordinator", "localhost:1234"], "--coordinator needs --num-processes N and --process-id I"),
+     (["--coordinator", "localhost", "--num-processes", "2", "--process-id", "0"],
+      "--coordinator takes HOST:PORT (a port 1-65535), not 'localhost'"),
+     (["--coordinator", "h:65536", "--num-processes", "2", "--process-id", "0"],
+      "--coordinator takes HOST:PORT (a port 1-65535), not 'h:65536'"),
+     (["--coordinator", "h:1234", "--num-processes", "2", "--process-id", "2"],
+      "--process-id 2: the processes are numbered 0 to 1"),
+     (["--num-processes", "2"], "--num-processes and --process-id go with --coordinator HOST:PORT")],
+)  # fmt: skip
+def test_several_processes_need_consistent_flags(synthetic, flags, message, capsys):
+    train = import_package(synthetic)["train"]
+    with pytest.raises(SystemExit) as stop:
+        train.parse_args(flags)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err  # (see PROG --help): the program is pytest's here
+    assert err.startswith(f"error: {message} (see ") and err.count("\n") == 1, err
+
+
+def test_a_coordinator_port_in_use_is_one_line(run_jax, synthetic, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("localhost", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_jax(synthetic, "--out", str(tmp_path / "run"), "--coordinator",
+                         f"localhost:{port}", "--num-processes", "2", "--process-id", "0")  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == (
+        f"error: --coordinator localhost:{port}: Address already in use\n"
     )
 
 
