@@ -702,9 +702,7 @@ def test_a_coordinator_port_in_use_is_one_line(run_jax, synthetic, tmp_path):
         result = run_jax(synthetic, "--out", str(tmp_path / "run"), "--coordinator",
                          f"localhost:{port}", "--num-processes", "2", "--process-id", "0")  # fmt: skip
     assert result.returncode == 1, result.stderr
-    assert result.stderr == (
-        f"error: --coordinator localhost:{port}: Address already in use\n"
-    )
+    assert result.stderr == f"error: --coordinator localhost:{port}: Address already in use\n"
 
 
 @pytest.mark.slow
