@@ -410,6 +410,50 @@ class TrainingOrder:
             epoch, position = epoch + 1, 0
 
 
+class FolderSplits:
+    """The splits of an image folder, and where training stands in its order: what FolderData
+    does whatever the framework. `splits` holds "test" (val/) and, with val_split, "val":
+    val_split images of train/ spread evenly over its sorted list (so over every class), left out
+    of training. The training batches come from `training_loader(images, order)`."""
+
+    def __init__(
+        self, root: str | Path, batch_size: int, val_split: int, seed: int, rank: int, world: int
+    ) -> None:
+        self.root = Path(root).expanduser()
+        splits = list_images(self.root)
+        self.train, held_out = hold_out(*splits["train"], val_split)
+        self.splits = {"test": splits["test"], **({"val": held_out} if val_split else {})}
+        self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
+        self.epoch, self.position = 0, 0  # of the next global batch
+        self.batches = None  # the training loader's batches, from the first train_batch on
+
+    @property
+    def iterations_per_epoch(self) -> int:
+        return len(self.train[1]) // self.batch_size
+
+    def next_training_batch(self):
+        """The next batch of the training loader, which starts where the data order stands."""
+        if self.batches is None:
+            count = len(self.train[1])
+            order = TrainingOrder(
+                count, self.batch_size, self.seed, self.rank, self.world, self.epoch, self.position
+            )
+            images = TrainingImages(self.root, *self.train, self.seed, self.mean)
+            self.batches = self.training_loader(images, order)
+        batch = next(self.batches)
+        self.position += self.batch_size
+        if self.position + self.batch_size > len(self.train[1]):
+            self.epoch, self.position = self.epoch + 1, 0
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = state["epoch"], state["position"]
+        self.batches = None  # the loader restarts from here
+
+
 def channels_last(views: np.ndarray) -> np.ndarray:
     """[..., C, H, W] -> [..., H, W, C], model.py's layout."""
     return np.ascontiguousarray(np.moveaxis(views, -3, -1))
@@ -462,15 +506,13 @@ def exit_with_parent() -> None:
     os._exit(0)
 
 
-class FolderData:
+class FolderData(FolderSplits):
     """Image files decoded and augmented by `workers` loader processes, sharded over the devices.
 
     Each training image's random choices are drawn from (seed, epoch, its position in the
     epoch) and each epoch's order from (seed, epoch): batches do not depend on the number of
     workers, a resumed run continues them exactly, and with several processes each loads its
     shard of the same global batch, so N processes see exactly the images and augmentations of one.
-    `splits` holds "test" (val/) and, with val_split, "val": val_split images of train/ spread
-    evenly over its sorted list (so over every class), left out of training.
 
     Loader processes start with "forkserver" (forking a process that runs JAX's threads can
     deadlock); each builds whole batches, which come back through a pipe.
@@ -492,20 +534,12 @@ class FolderData:
         workers: int = 8,
         mean_cache: Path | None = None,
     ) -> None:
-        self.root = Path(root).expanduser()
-        splits = list_images(self.root)
-        self.train, held_out = hold_out(*splits["train"], val_split)
+        super().__init__(
+            root, batch_size, val_split, seed, jax.process_index(), jax.process_count()
+        )
         check_batch(batch_size, mesh.devices.size, "devices", len(self.train[1]))
-        self.splits = {"test": splits["test"], **({"val": held_out} if val_split else {})}
-        self.mesh, self.batch_size, self.seed, self.workers = mesh, batch_size, seed, workers
-        self.rank, self.world = jax.process_index(), jax.process_count()
+        self.mesh, self.workers = mesh, workers
         self.mean = self.training_mean(mean_cache)
-        self.epoch, self.position = 0, 0  # of the next global batch
-        self.batches = None  # the training loader's batches, from the first train_batch on
-
-    @property
-    def iterations_per_epoch(self) -> int:
-        return len(self.train[1]) // self.batch_size
 
     def load(self, images: ImageFiles, batches: Iterable[list], collate_fn=collate) -> Iterator:
         """The `batches` (lists of items of `images`) loaded in order by `workers` processes, at
@@ -531,19 +565,12 @@ class FolderData:
             NamedSharding(self.mesh, PartitionSpec("batch")), local
         )
 
+    def training_loader(self, images: TrainingImages, order: TrainingOrder) -> Iterator:
+        return self.load(images, order)
+
     def train_batch(self) -> tuple[jax.Array, jax.Array]:
         """The next training batch, [batch, CROP, CROP, 3] and [batch], sharded over the devices."""
-        if self.batches is None:  # start the loader where the data order stands
-            count = len(self.train[1])
-            order = TrainingOrder(
-                count, self.batch_size, self.seed, self.rank, self.world, self.epoch, self.position
-            )
-            images = TrainingImages(self.root, *self.train, self.seed, self.mean)
-            self.batches = self.load(images, order)
-        images, labels = next(self.batches)
-        self.position += self.batch_size
-        if self.position + self.batch_size > len(self.train[1]):
-            self.epoch, self.position = self.epoch + 1, 0
+        images, labels = self.next_training_batch()
         return self.to_devices(images), self.to_devices(labels)
 
     def eval_batches(self, split: str, protocol: str, limit: int | None = None):
@@ -595,13 +622,6 @@ class FolderData:
         if cache is not None:
             write_mean(cache, lambda f: np.savez(f, mean=mean, count=len(paths)))
         return mean
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.position = state["epoch"], state["position"]
-        self.batches = None  # the loader restarts from here
 
 
 def raise_error(batch):

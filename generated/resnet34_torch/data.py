@@ -403,6 +403,50 @@ class TrainingOrder:
             epoch, position = epoch + 1, 0
 
 
+class FolderSplits:
+    """The splits of an image folder, and where training stands in its order: what FolderData
+    does whatever the framework. `splits` holds "test" (val/) and, with val_split, "val":
+    val_split images of train/ spread evenly over its sorted list (so over every class), left out
+    of training. The training batches come from `training_loader(images, order)`."""
+
+    def __init__(
+        self, root: str | Path, batch_size: int, val_split: int, seed: int, rank: int, world: int
+    ) -> None:
+        self.root = Path(root).expanduser()
+        splits = list_images(self.root)
+        self.train, held_out = hold_out(*splits["train"], val_split)
+        self.splits = {"test": splits["test"], **({"val": held_out} if val_split else {})}
+        self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
+        self.epoch, self.position = 0, 0  # of the next global batch
+        self.batches = None  # the training loader's batches, from the first train_batch on
+
+    @property
+    def iterations_per_epoch(self) -> int:
+        return len(self.train[1]) // self.batch_size
+
+    def next_training_batch(self):
+        """The next batch of the training loader, which starts where the data order stands."""
+        if self.batches is None:
+            count = len(self.train[1])
+            order = TrainingOrder(
+                count, self.batch_size, self.seed, self.rank, self.world, self.epoch, self.position
+            )
+            images = TrainingImages(self.root, *self.train, self.seed, self.mean)
+            self.batches = self.training_loader(images, order)
+        batch = next(self.batches)
+        self.position += self.batch_size
+        if self.position + self.batch_size > len(self.train[1]):
+            self.epoch, self.position = self.epoch + 1, 0
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = state["epoch"], state["position"]
+        self.batches = None  # the loader restarts from here
+
+
 def collate(samples: list) -> tuple[torch.Tensor, torch.Tensor] | DataError:
     """Samples stacked into a batch, or the first DataError among them."""
     for sample in samples:
@@ -420,15 +464,13 @@ def collate_multiscale(sample) -> tuple[list[torch.Tensor], torch.Tensor] | Data
     return [torch.from_numpy(v) for v in views], torch.tensor([label])
 
 
-class FolderData:
+class FolderData(FolderSplits):
     """Image files decoded and augmented by `workers` loader processes, then moved to the device.
 
     Each training image's random choices are drawn from (seed, epoch, its position in the
     epoch) and each epoch's order from (seed, epoch): batches do not depend on the number of
     workers, a resumed run continues them exactly, and every process draws the same global
     batch and keeps its shard, so N processes see exactly the images and augmentations of one.
-    `splits` holds "test" (val/) and, with val_split, "val": val_split images of train/ spread
-    evenly over its sorted list (so over every class), left out of training.
 
     The training mean image is that of the single views (shorter side SINGLE_VIEW_RESIZE,
     centre crop) of the training images, or of MEAN_IMAGES of them spread evenly over the
@@ -449,20 +491,10 @@ class FolderData:
         workers: int = 8,
         mean_cache: Path | None = None,
     ) -> None:
-        self.root = Path(root).expanduser()
-        splits = list_images(self.root)
-        self.train, held_out = hold_out(*splits["train"], val_split)
+        super().__init__(root, batch_size, val_split, seed, rank, world)
         check_batch(batch_size, world, "processes", len(self.train[1]))
-        self.splits = {"test": splits["test"], **({"val": held_out} if val_split else {})}
-        self.device, self.batch_size, self.seed = device, batch_size, seed
-        self.rank, self.world, self.workers = rank, world, workers
+        self.device, self.workers = device, workers
         self.mean = self.training_mean(mean_cache)
-        self.epoch, self.position = 0, 0  # of the next global batch
-        self.batches = None  # the training loader's batches, from the first train_batch on
-
-    @property
-    def iterations_per_epoch(self) -> int:
-        return len(self.train[1]) // self.batch_size
 
     def load(self, images: ImageFiles, **options):
         """The batches of a DataLoader on `workers` processes (its own generator leaves the global
@@ -482,19 +514,12 @@ class FolderData:
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.to(self.device, non_blocking=True)
 
+    def training_loader(self, images: TrainingImages, order: TrainingOrder):
+        return self.load(images, batch_sampler=order, collate_fn=collate)
+
     def train_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This process's shard of the next training batch: [batch / world, 3, CROP, CROP]."""
-        if self.batches is None:  # start the loader where the data order stands
-            count = len(self.train[1])
-            order = TrainingOrder(
-                count, self.batch_size, self.seed, self.rank, self.world, self.epoch, self.position
-            )
-            images = TrainingImages(self.root, *self.train, self.seed, self.mean)
-            self.batches = self.load(images, batch_sampler=order, collate_fn=collate)
-        images, labels = next(self.batches)
-        self.position += self.batch_size
-        if self.position + self.batch_size > len(self.train[1]):
-            self.epoch, self.position = self.epoch + 1, 0
+        images, labels = self.next_training_batch()
         return self.to_device(images), self.to_device(labels)
 
     def eval_batches(self, split: str, protocol: str, limit: int | None = None):
@@ -533,10 +558,3 @@ class FolderData:
         if cache is not None:
             write_mean(cache, lambda f: torch.save({"mean": mean, "count": len(paths)}, f))
         return mean.numpy()
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.position = state["epoch"], state["position"]
-        self.batches = None  # the loader restarts from here

@@ -14,8 +14,6 @@ Without --checkpoint the freshly initialised network (from --seed) is exported. 
 temporary file beside it, then renamed: it is never half written.
 """
 
-import argparse
-import io
 import os
 from pathlib import Path
 
@@ -23,29 +21,12 @@ import torch
 
 import runtime
 from model import build_model
+from train import load_checkpoint
 
 SPEC = "specs/resnet34.res"
 INPUT_SHAPE = (3, 224, 224)  # channels, height, width
-FORMATS = ("onnx", "torch-export")
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = runtime.Parser(
-        description=f"Export resnet34 ({SPEC}) in eval mode, the batch size dynamic.",
-        epilog=(
-            "example:\n  python generated/resnet34_torch/export.py --checkpoint runs/resnet34/checkpoint.pt "
-            "--format onnx -o resnet34.onnx"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--checkpoint", type=Path,
-                   help="a checkpoint written by train.py (default: none, the freshly initialised network)")  # fmt: skip
-    p.add_argument("--format", required=True, choices=FORMATS,
-                   help="onnx (torch.onnx.export) or torch-export (torch.export.save)")  # fmt: skip
-    p.add_argument("-o", "--output", type=Path, required=True, help="the file to write")
-    p.add_argument("--seed", type=runtime.integer, default=0,
-                   help="initialisation without --checkpoint (default: %(default)s)")  # fmt: skip
-    return p.parse_args(argv)
+# each format: what writes it, and the usual suffix of its files
+FORMATS = {"onnx": ("torch.onnx.export", ".onnx"), "torch-export": ("torch.export.save", ".pt2")}
 
 
 def load_model(checkpoint: Path | None, seed: int) -> torch.nn.Module:
@@ -54,15 +35,7 @@ def load_model(checkpoint: Path | None, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = build_model()
     if checkpoint is not None:
-        payload = runtime.read_checkpoint(checkpoint, SPEC)
-        try:
-            state = torch.load(io.BytesIO(payload), map_location="cpu")
-            model.load_state_dict(state["model"])
-        except (RuntimeError, KeyError, TypeError, ValueError) as error:
-            reason = str(error).strip().splitlines()[0]
-            raise runtime.RunError(
-                f"{checkpoint} does not hold weights of this network ({reason})"
-            ) from None
+        load_checkpoint(checkpoint, model, torch.device("cpu"))
     return model.eval()
 
 
@@ -105,7 +78,7 @@ def export(model: torch.nn.Module, fmt: str, output: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    args = runtime.export_parser("resnet34", SPEC, "checkpoint.pt", FORMATS).parse_args(argv)
     model = load_model(args.checkpoint, args.seed)
     export(model, args.format, args.output)
     source = (

@@ -139,6 +139,29 @@ def parse(p: Parser, argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def export_parser(
+    name: str, spec: str, checkpoint: str, formats: dict[str, tuple[str, str]]
+) -> Parser:
+    """export.py's flags: --checkpoint, --format (one of `formats`: what writes it and the file
+    name's usual suffix), -o and --seed."""
+    first, (_, suffix) = next(iter(formats.items()))
+    example = (
+        f"{sys.argv[0]} --checkpoint runs/{name}/{checkpoint} --format {first} -o {name}{suffix}"
+    )
+    p = Parser(description=f"Export {name} ({spec}) for inference: eval mode, any batch size.",
+               epilog=f"example:\n  python {example}",
+               formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--checkpoint", type=Path,
+                   help="a checkpoint written by train.py (default: none, the freshly initialised "
+                   "network)")  # fmt: skip
+    p.add_argument("--format", required=True, choices=list(formats),
+                   help=" or ".join(f"{f} ({how})" for f, (how, _) in formats.items()))  # fmt: skip
+    p.add_argument("-o", "--output", type=Path, required=True, help="the file to write")
+    p.add_argument("--seed", type=integer, default=0,
+                   help="initialisation without --checkpoint (default: %(default)s)")  # fmt: skip
+    return p
+
+
 # Starting from weights (--init-from) --------------------------------------------------------
 HEAD = "fc"  # the classifier, left as initialised by --reinit-head
 
@@ -286,20 +309,10 @@ class RunDirectory:
         self.write(self.final, (json.dumps(final, indent=2) + "\n").encode())
 
     def write(self, path: Path, data: bytes) -> None:
-        """Write to a temporary file, then rename: the file is never half written. A failure
-        (a full disk) leaves the old file and no temporary one."""
-        partial = path.with_name(path.name + ".tmp")
         try:
-            with open(partial, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(partial, path)
-        except BaseException as error:
-            partial.unlink(missing_ok=True)
-            if isinstance(error, OSError):
-                raise Stopped(f"cannot write {path}: {error.strerror}", self.checkpoint) from None
-            raise
+            write_file(path, data)
+        except OSError as error:
+            raise Stopped(f"cannot write {path}: {error.strerror}", self.checkpoint) from None
 
     def save_checkpoint(self, payload: bytes, spec: str) -> None:
         """The checkpoint: a line of magic, a JSON header with the spec and a SHA-256 of the spec
@@ -308,6 +321,20 @@ class RunDirectory:
         self.write(
             self.checkpoint, CHECKPOINT_MAGIC + json.dumps(header).encode() + b"\n" + payload
         )
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename it: the file is never half written.
+    A failure (a full disk) leaves the old file and no temporary one."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(partial, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def take_lock(lock, wait_s: float = 60.0) -> bool:
@@ -469,6 +496,17 @@ class TrainingLog:
         else:
             line = f"iter {done:>7}/{self.total}  lr {lr:.4g}  loss {loss:.4f}  error {error:.2%}"
             print(f"{line}  {rate:,.0f} img/s", flush=True)
+
+    def validate(self, done: int, splits: dict, evaluate: Callable[[str], dict]) -> dict:
+        """A validation after `done` iterations: `evaluate(split)` (single_view) on the held-out
+        split, or the test split without one, recorded in metrics.jsonl; not training time."""
+        split = "val" if "val" in splits else "test"
+        with self.paused():
+            result = evaluate(split)
+        if self.lead:
+            record = {"iteration": done, "split": split, "protocol": "single_view"}
+            self.run.append_metrics({**record, **result})
+        return result
 
     @contextlib.contextmanager
     def paused(self):

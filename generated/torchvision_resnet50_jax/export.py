@@ -18,40 +18,22 @@ half written.
     scores = exported.call(images)
 """
 
-import argparse
-import os
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from flax import serialization
 
 import runtime
 from model import init_variables, logits
+from train import checked_variables, load_checkpoint
 
 SPEC = "specs/torchvision/resnet50.res"
 INPUT_SHAPE = (224, 224, 3)  # height, width, channels
-FORMATS = ("stablehlo", "stablehlo-text")
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = runtime.Parser(
-        description=f"Export resnet50 ({SPEC}) with jax.export, eval mode, the batch size symbolic.",
-        epilog=(
-            "example:\n  python generated/torchvision_resnet50_jax/export.py --checkpoint runs/resnet50/checkpoint.msgpack "
-            "--format stablehlo -o resnet50.jax_exported"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--checkpoint", type=Path,
-                   help="a checkpoint written by train.py (default: none, the freshly initialised network)")  # fmt: skip
-    p.add_argument("--format", required=True, choices=FORMATS,
-                   help="stablehlo (Exported.serialize()) or stablehlo-text (its MLIR module)")  # fmt: skip
-    p.add_argument("-o", "--output", type=Path, required=True, help="the file to write")
-    p.add_argument("--seed", type=runtime.integer, default=0,
-                   help="initialisation without --checkpoint (default: %(default)s)")  # fmt: skip
-    return p.parse_args(argv)
+# each format: what writes it, and the usual suffix of its files
+FORMATS = {
+    "stablehlo": ("Exported.serialize()", ".jax_exported"),
+    "stablehlo-text": ("its MLIR module", ".mlir"),
+}
 
 
 def load_variables(checkpoint: Path | None, seed: int) -> dict:
@@ -59,19 +41,7 @@ def load_variables(checkpoint: Path | None, seed: int) -> dict:
     initialised ones."""
     if checkpoint is None:
         return init_variables(seed)
-    payload = runtime.read_checkpoint(checkpoint, SPEC)
-    try:
-        saved = serialization.msgpack_restore(payload)
-    except (ValueError, TypeError) as error:
-        raise runtime.RunError(f"{checkpoint} cannot be read ({error})") from None
-    shapes = jax.tree.map(lambda x: x.shape, jax.eval_shape(init_variables, 0))
-    try:
-        fits = jax.tree.map(lambda x: np.shape(x), saved["variables"]) == shapes
-    except (KeyError, TypeError, ValueError):
-        fits = False
-    if not fits:
-        raise runtime.RunError(f"{checkpoint} does not hold the variables of this network")
-    return jax.tree.map(jnp.asarray, saved["variables"])
+    return jax.tree.map(jnp.asarray, checked_variables(load_checkpoint(checkpoint), checkpoint))
 
 
 def exported(variables: dict) -> jax.export.Exported:
@@ -88,24 +58,16 @@ def serialized(program: jax.export.Exported, fmt: str) -> bytes:
 
 
 def write(output: Path, data: bytes) -> None:
-    """Write to a temporary file beside `output`, then rename it into place."""
     if not output.parent.is_dir():
         raise runtime.RunError(f"{output.parent} is not a directory; create it first")
-    partial = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     try:
-        with open(partial, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, output)
+        runtime.write_file(output, data)
     except OSError as error:
         raise runtime.RunError(f"cannot write {output}: {error.strerror or error}") from None
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    args = runtime.export_parser("resnet50", SPEC, "checkpoint.msgpack", FORMATS).parse_args(argv)
     variables = load_variables(args.checkpoint, args.seed)
     try:
         data = serialized(exported(variables), args.format)
