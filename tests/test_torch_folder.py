@@ -449,7 +449,7 @@ def test_kill_and_resume_ends_with_the_same_weights(package, tree, tmp_path):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=package.parent,
     )  # fmt: skip
     killed_at = kill_at_checkpoint(
-        process, lambda: torch_checkpoint(run / "checkpoint.pt")["iteration"], 10, timeout=120
+        process, lambda: torch_checkpoint(run / "checkpoint.pt")["iteration"], 10, timeout=300
     )
     assert killed_at < 60, "the run ended before it could be killed"
     resumed = run_train(package, "--out", str(run), "--resume", *common)

@@ -708,6 +708,22 @@ def test_a_full_disk_stops_with_one_line_and_no_temporary_file(fashion, tiny_fas
     assert sorted(p.name for p in run.iterdir()) == ["lock", "mean.pt", "metrics.jsonl"]
 
 
+def test_a_reader_that_goes_away_does_not_stop_the_run(fashion, tiny_fashion, tmp_path):
+    """`train.py | head`: once the pipe is closed, the run goes on without printing."""
+    run = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, str(fashion / "train.py"), "--no-progress",
+         *quick(tiny_fashion, run, "--iterations", "6", "--log-every", "1")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=fashion.parent,
+    )  # fmt: skip
+    assert process.stdout.readline().startswith("iter ")
+    process.stdout.close()  # as head does after its lines
+    stderr = process.stderr.read()
+    assert process.wait() == 0 and stderr == "", stderr
+    assert json.loads((run / "final.json").read_text())["iterations"] == 6
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 6 + 1
+
+
 def test_resuming_a_finished_run_changes_nothing(fashion, tiny_fashion, finished_run):
     def files() -> dict:  # the lock file names whoever holds the directory: not the run's
         return {p.name: p.read_bytes() for p in finished_run.iterdir() if p.name != "lock"}

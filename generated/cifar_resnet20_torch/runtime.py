@@ -422,9 +422,34 @@ class Signals:
         raise Interrupted(signum)
 
 
+class Unbroken:
+    """stdout for a run: once its reader has gone (`train.py | head`), what is printed goes to
+    /dev/null rather than stopping the run (metrics.jsonl keeps every record)."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self.unbroken(self.stream.write, text)
+
+    def flush(self) -> None:
+        self.unbroken(self.stream.flush)
+
+    def unbroken(self, method: Callable, *args):
+        try:
+            return method(*args)
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+            return method(*args)
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
 def main_guard(main: Callable[[], None], errors: tuple[type[Exception], ...] = ()) -> None:
     """Run `main`; a fault the user can fix (RunError and `errors`) or a signal ends the process
     with one line on stderr instead of a traceback."""
+    sys.stdout = Unbroken(sys.stdout)
     try:
         main()
     except Interrupted as stop:
