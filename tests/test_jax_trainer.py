@@ -17,6 +17,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -703,6 +704,56 @@ def test_a_coordinator_port_in_use_is_one_line(run_jax, synthetic, tmp_path):
                          f"localhost:{port}", "--num-processes", "2", "--process-id", "0")  # fmt: skip
     assert result.returncode == 1, result.stderr
     assert result.stderr == f"error: --coordinator localhost:{port}: Address already in use\n"
+
+
+def free_address() -> str:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return f"localhost:{s.getsockname()[1]}"
+
+
+def meet_all(train, *processes: tuple) -> dict:
+    """train.meet(address, count, index, timeout_s) of each process, in threads, process 0
+    first: "ok" or the RunError's text, by index."""
+    said = {}
+
+    def meet(address, count, index, timeout_s):
+        try:
+            train.meet(address, count, index, timeout_s)
+            said[index] = "ok"
+        except train.runtime.RunError as error:
+            said[index] = str(error)
+
+    threads = [threading.Thread(target=meet, args=p) for p in processes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return said
+
+
+def test_processes_meet_before_jax_distributed_starts(synthetic):
+    train = import_package(synthetic)["train"]
+    a = free_address()
+    assert meet_all(train, (a, 3, 0, 60), (a, 3, 2, 60), (a, 3, 1, 60)) == {
+        0: "ok",
+        1: "ok",
+        2: "ok",
+    }
+    a = free_address()
+    assert meet_all(train, (a, 2, 0, 60), (a, 3, 1, 60)) == {
+        0: "process 1 has --num-processes 3, not 2",
+        1: f"process 0 at {a} refused this process: process 1 has --num-processes 3, not 2",
+    }
+    a = free_address()
+    assert meet_all(train, (a, 3, 0, 2), (a, 3, 1, 60))[0] == (
+        f"process 2 of 3 did not come to {a} in 2 s; start each with --coordinator {a} "
+        "--num-processes 3 --process-id I"
+    )
+    a = free_address()
+    assert meet_all(train, (a, 2, 1, 2)) == {
+        1: f"nothing answered at --coordinator {a} in 2 s; start process 0 there"
+    }
 
 
 @pytest.mark.slow

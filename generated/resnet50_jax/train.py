@@ -29,6 +29,7 @@ mean).
 
 import argparse
 import collections
+import contextlib
 import json
 import math
 import os
@@ -36,6 +37,7 @@ import pickle
 import signal
 import socket
 import sys
+import time
 import zipfile
 from functools import partial
 from pathlib import Path
@@ -140,17 +142,11 @@ def setup(args: argparse.Namespace) -> Mesh:
 
 
 def join(args: argparse.Namespace) -> None:
-    """Start jax.distributed, which waits up to 5 minutes for every process, and have all meet
-    in a first collective at once: on the CPU, gloo waits only 30 s for the others at the first
-    one, less than compiling the training step can take on a busy machine."""
-    if args.coordinator and args.process_id == 0:  # JAX would crash on a port in use
-        port = int(args.coordinator.rpartition(":")[2])
-        try:
-            socket.create_server(("", port)).close()
-        except OSError as error:
-            raise runtime.RunError(
-                f"--coordinator {args.coordinator}: {os.strerror(error.errno)}"
-            ) from None
+    """Start jax.distributed once every process has come (`meet`), then have all meet at once in a
+    first collective: on the CPU, gloo waits only 30 s for the others at the first one, less than
+    compiling the training step can take on a busy machine."""
+    if args.coordinator:
+        meet(args.coordinator, args.num_processes, args.process_id)
     try:
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
         multihost_utils.sync_global_devices("joined")
@@ -158,6 +154,77 @@ def join(args: argparse.Namespace) -> None:
         raise runtime.RunError(
             f"the processes did not all join: {str(error).splitlines()[0]}"
         ) from None
+
+
+def meet(address: str, count: int, index: int, timeout_s: float = 300) -> None:
+    """Before jax.distributed (which aborts after 5 minutes without saying why): process 0
+    listens at `address` until every other process has told it its spec, process count and
+    number, and answers each "ok" or what is wrong. A process missing after `timeout_s`, or one
+    that disagrees, is a one-line error."""
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + timeout_s
+    if index == 0:
+        try:
+            server = socket.create_server(("", int(port)))
+        except OSError as error:
+            raise runtime.RunError(f"--coordinator {address}: {os.strerror(error.errno)}") from None
+        with server:
+            missing = set(range(1, count))
+            while missing:
+                server.settimeout(max(0.0, deadline - time.monotonic()))
+                try:
+                    peer, _ = server.accept()
+                except TimeoutError:
+                    waited = ", ".join(map(str, sorted(missing)))
+                    raise runtime.RunError(
+                        f"process {waited} of {count} did not come to {address} in {timeout_s:.0f} s; "
+                        f"start each with --coordinator {address} --num-processes {count} --process-id I"
+                    ) from None
+                with peer:
+                    try:
+                        spec, n, i = json.loads(exchange(peer, None))
+                    except (OSError, ValueError, TypeError):
+                        continue  # not one of the processes
+                    wrong = (
+                        f"process {i} trains {spec}, not {SPEC}" if spec != SPEC
+                        else f"process {i} has --num-processes {n}, not {count}" if n != count
+                        else f"process {i} has come twice" if i not in missing
+                        else ""
+                    )  # fmt: skip
+                    with contextlib.suppress(OSError):
+                        peer.sendall((wrong or "ok").encode())
+                if wrong:
+                    raise runtime.RunError(wrong)
+                missing.discard(i)
+        return
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=10) as peer:
+                answer = exchange(peer, json.dumps([SPEC, count, index]))
+        except OSError:
+            if time.monotonic() > deadline:
+                raise runtime.RunError(
+                    f"nothing answered at --coordinator {address} in {timeout_s:.0f} s; start process 0 there"
+                ) from None
+            time.sleep(1)
+            continue
+        if answer != "ok":
+            raise runtime.RunError(
+                f"process 0 at {address} refused this process: {answer or 'no answer'}"
+            )
+        return
+
+
+def exchange(peer: socket.socket, message: str | None) -> str:
+    """Send `message` (if any), then read what the other side sends until it closes."""
+    peer.settimeout(10)
+    if message is not None:
+        peer.sendall(message.encode())
+        peer.shutdown(socket.SHUT_WR)
+    received = b""
+    while chunk := peer.recv(4096):
+        received += chunk
+    return received.decode(errors="replace")
 
 
 def all_sum(values: list[float], mesh: Mesh) -> list[float]:
