@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -741,19 +742,42 @@ def test_processes_meet_before_jax_distributed_starts(synthetic):
         2: "ok",
     }
     a = free_address()
+    wrong = "process 1 has --num-processes 3, not 2"
     assert meet_all(train, (a, 2, 0, 60), (a, 3, 1, 60)) == {
-        0: "process 1 has --num-processes 3, not 2",
-        1: f"process 0 at {a} refused this process: process 1 has --num-processes 3, not 2",
+        0: wrong,
+        1: f"process 0 at {a}: {wrong}",
     }
     a = free_address()
-    assert meet_all(train, (a, 3, 0, 2), (a, 3, 1, 60))[0] == (
-        f"process 2 of 3 did not come to {a} in 2 s; start each with --coordinator {a} "
-        "--num-processes 3 --process-id I"
-    )
+    missing = (f"process 2 of 3 did not come to {a} in 2 s; start each with --coordinator {a} "
+               "--num-processes 3 --process-id I")  # fmt: skip
+    assert meet_all(train, (a, 3, 0, 2), (a, 3, 1, 60)) == {
+        0: missing,
+        1: f"process 0 at {a}: {missing}",
+    }
     a = free_address()
     assert meet_all(train, (a, 2, 1, 2)) == {
         1: f"nothing answered at --coordinator {a} in 2 s; start process 0 there"
     }
+
+
+def test_a_stranger_at_the_coordinator_port_is_ignored(synthetic):
+    train = import_package(synthetic)["train"]
+    a = free_address()
+    host, port = a.split(":")
+    coordinator = threading.Thread(target=train.meet, args=(a, 2, 0, 60))
+    coordinator.start()
+    for _ in range(600):  # until process 0 listens
+        try:
+            stranger = socket.create_connection((host, int(port)))
+            break
+        except ConnectionRefusedError:
+            time.sleep(0.05)
+    with stranger:
+        stranger.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        stranger.shutdown(socket.SHUT_WR)
+        assert stranger.recv(100) == b""  # closed without an answer
+    train.meet(a, 2, 1, 60)  # the process itself is taken
+    coordinator.join()
 
 
 @pytest.mark.slow

@@ -148,68 +148,78 @@ def join(args: argparse.Namespace) -> None:
 def meet(address: str, count: int, index: int, timeout_s: float = 300) -> None:
     """Before jax.distributed (which aborts after 5 minutes without saying why): process 0
     listens at `address` until every other process has told it its spec, process count and
-    number, and answers each "ok" or what is wrong. A process missing after `timeout_s`, or one
-    that disagrees, is a one-line error."""
+    number, then answers all "ok", or all what is wrong: a process missing after `timeout_s`, or
+    one that disagrees. Every process then stops with the same one-line error."""
     host, _, port = address.rpartition(":")
-    deadline = time.monotonic() + timeout_s
-    if index == 0:
-        try:
-            server = socket.create_server(("", int(port)))
-        except OSError as error:
-            raise runtime.RunError(f"--coordinator {address}: {os.strerror(error.errno)}") from None
-        with server:
-            missing = set(range(1, count))
-            while missing:
-                server.settimeout(max(0.0, deadline - time.monotonic()))
-                try:
-                    peer, _ = server.accept()
-                except TimeoutError:
-                    waited = ", ".join(map(str, sorted(missing)))
-                    raise runtime.RunError(
-                        f"process {waited} of {count} did not come to {address} in {timeout_s:.0f} s; "
-                        f"start each with --coordinator {address} --num-processes {count} --process-id I"
-                    ) from None
-                with peer:
-                    try:
-                        spec, n, i = json.loads(exchange(peer, None))
-                    except (OSError, ValueError, TypeError):
-                        continue  # not one of the processes
-                    wrong = (
-                        f"process {i} trains {spec}, not {SPEC}" if spec != SPEC
-                        else f"process {i} has --num-processes {n}, not {count}" if n != count
-                        else f"process {i} has come twice" if i not in missing
-                        else ""
-                    )  # fmt: skip
-                    with contextlib.suppress(OSError):
-                        peer.sendall((wrong or "ok").encode())
-                if wrong:
-                    raise runtime.RunError(wrong)
-                missing.discard(i)
-        return
-    while True:
-        try:
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=10) as peer:
-                answer = exchange(peer, json.dumps([SPEC, count, index]))
-        except OSError:
-            if time.monotonic() > deadline:
-                raise runtime.RunError(
-                    f"nothing answered at --coordinator {address} in {timeout_s:.0f} s; start process 0 there"
-                ) from None
-            time.sleep(1)
-            continue
+    if index > 0:
+        answer = tell_coordinator(
+            host.strip("[]"), int(port), json.dumps([SPEC, count, index]), timeout_s
+        )
+        if answer is None:
+            raise runtime.RunError(
+                f"nothing answered at --coordinator {address} in {timeout_s:.0f} s; start process 0 there"
+            )
         if answer != "ok":
             raise runtime.RunError(
-                f"process 0 at {address} refused this process: {answer or 'no answer'}"
+                f"process 0 at {address}: {answer or 'the connection was closed'}"
             )
         return
+    try:
+        server = socket.create_server(("", int(port)))
+    except OSError as error:
+        raise runtime.RunError(f"--coordinator {address}: {os.strerror(error.errno)}") from None
+    deadline, peers, wrong = time.monotonic() + timeout_s, {}, ""
+    with server:
+        while len(peers) < count - 1 and not wrong:
+            server.settimeout(max(0.0, deadline - time.monotonic()))
+            try:
+                peer, _ = server.accept()
+            except TimeoutError:
+                missing = ", ".join(str(i) for i in range(1, count) if i not in peers)
+                wrong = (f"process {missing} of {count} did not come to {address} in {timeout_s:.0f} s; "
+                         f"start each with --coordinator {address} --num-processes {count} --process-id I")  # fmt: skip
+                break
+            try:
+                peer.settimeout(10)
+                spec, n, i = json.loads(received(peer))
+            except (OSError, ValueError, TypeError):
+                spec = n = i = None
+            if not isinstance(i, int):
+                peer.close()  # not one of the processes
+                continue
+            wrong = (
+                f"process {i} trains {spec}, not {SPEC}" if spec != SPEC
+                else f"process {i} has --num-processes {n}, not {count}" if n != count
+                else f"process {i} has come twice" if i in peers or not 0 < i < count
+                else ""
+            )  # fmt: skip
+            peers[i if not wrong else -1] = peer
+    for peer in peers.values():
+        with peer, contextlib.suppress(OSError):
+            peer.sendall((wrong or "ok").encode())
+    if wrong:
+        raise runtime.RunError(wrong)
 
 
-def exchange(peer: socket.socket, message: str | None) -> str:
-    """Send `message` (if any), then read what the other side sends until it closes."""
-    peer.settimeout(10)
-    if message is not None:
-        peer.sendall(message.encode())
-        peer.shutdown(socket.SHUT_WR)
+def tell_coordinator(host: str, port: int, hello: str, timeout_s: float) -> str | None:
+    """Send `hello` to process 0, trying again for `timeout_s`, and wait for its answer (None:
+    nothing answered)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=10) as peer:
+                peer.sendall(hello.encode())
+                peer.shutdown(socket.SHUT_WR)
+                peer.settimeout(timeout_s + 60)  # process 0 answers once all have come
+                return received(peer)
+        except OSError:
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(1)
+
+
+def received(peer: socket.socket) -> str:
+    """What the other side sends until it closes."""
     received = b""
     while chunk := peer.recv(4096):
         received += chunk
