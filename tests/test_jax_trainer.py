@@ -246,7 +246,7 @@ def test_array_data_is_the_torch_pipelines(cifar, tmp_path):
         np.testing.assert_allclose(ours.splits[split][0].transpose(0, 3, 1, 2),
                                    theirs.splits[split][0].numpy(), atol=1e-6)  # fmt: skip
         assert ours.splits[split][1].tolist() == theirs.splits[split][1].tolist()
-    assert ours.iterations_per_epoch == theirs.iterations_per_epoch == 4
+    assert not hasattr(ours, "iterations_per_epoch")  # a length in iterations has no use for it
     assert list(tmp_path.joinpath("jax").iterdir()) == [tmp_path / "jax" / "mean.npz"]
     with open(tmp_path / "jax" / "mean.npz", "wb") as f:  # the cache is read back
         np.savez(f, mean=np.zeros((3, 32, 32), np.float32), count=36)
@@ -381,6 +381,19 @@ def test_folder_batches_are_the_torch_pipelines(folder, tree):
         assert all(
             np.array_equal(nchw(v), t.numpy()) for v, t in zip(views, their_views, strict=True)
         )
+
+
+def test_an_epoch_is_the_torch_trainers(tmp_path):
+    """A length in epochs: whole global batches of the training split, the rest left out."""
+    spec = ROOT / "specs/cifar/resnet110_stochastic_depth.res"
+    ours = import_package(compile_jax(spec, tmp_path / "jax"))["data"]
+    theirs = import_package(compile_torch(spec, tmp_path / "torch"))["data"]
+    write_cifar10(tmp_path / "c", per_batch=8)  # 40 training images
+    for batch_size, val_split in ((8, 4), (16, 0)):
+        a = ours.ArrayData(tmp_path / "c", mesh(), batch_size=batch_size, val_split=val_split)
+        b = theirs.ArrayData(tmp_path / "c", torch.device("cpu"), batch_size=batch_size,
+                             val_split=val_split)  # fmt: skip
+        assert a.iterations_per_epoch == b.iterations_per_epoch == (40 - val_split) // batch_size
 
 
 def test_the_per_channel_mean_is_the_torch_pipelines(tree, tmp_path):

@@ -48,8 +48,8 @@ LEAN = """
         augment    scale_shorter 64..80, random_crop 64
         eval       single_view 64
         batch      4
-        validate   every 4
-        length     8 iterations
+        validate   every 1
+        length     2 epochs
 """
 
 
@@ -136,7 +136,7 @@ def test_labels_follow_the_sorted_class_folders_and_both_formats_are_read(data, 
     )
     assert {Path(n).suffix for n in names} == {".png", ".JPEG", ".jpg"}  # notes.txt is not listed
     assert d.splits["test"][1].tolist() == [0, 0, 1, 1, 2, 2] and set(d.splits) == {"test"}
-    assert d.iterations_per_epoch == 18 // 4
+    assert not hasattr(d, "iterations_per_epoch")  # a length in iterations has no use for it
     png = tree / "train" / "a_cat" / "0.png"
     assert np.array_equal(np.asarray(data.decode(str(png))), np.asarray(Image.open(png)))
     grey = data.decode(str(tree / "train" / "a_cat" / "2.jpg"))
@@ -296,6 +296,7 @@ def test_a_lean_spec_renders_only_what_it_uses(tmp_path, tree):
     d = folder_data(data, tree)
     views = [data.centre_view(data.decode(str(tree / os.fsdecode(p)))) for p in d.train[0]]
     assert d.mean.shape == (3, 1, 1)  # per channel: a mean colour
+    assert d.iterations_per_epoch == 18 // 4  # its length is in epochs
     assert np.allclose(d.mean.ravel(), np.mean(views, axis=(0, 2, 3)), atol=1e-6)
     assert data.SINGLE_VIEW_RESIZE == 64
 

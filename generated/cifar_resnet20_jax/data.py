@@ -223,10 +223,6 @@ class ArrayData:
         self.epoch, self.position = 0, 0  # of the next batch
         self.order = epoch_order(seed, 0, keep)
 
-    @property
-    def iterations_per_epoch(self) -> int:
-        return len(self.order) // self.batch_size
-
     def train_batch(self) -> jax.Array:
         """The indices of the next training batch's images, sharded over the devices."""
         index = self.order[self.position : self.position + self.batch_size]

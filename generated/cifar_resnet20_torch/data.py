@@ -208,10 +208,6 @@ class ArrayData:
         self.position = 0  # in the epoch's order
         self.order = torch.randperm(keep, generator=self.generator)
 
-    @property
-    def iterations_per_epoch(self) -> int:
-        return len(self.train_labels) // self.batch_size
-
     def next_draws(self) -> dict[str, torch.Tensor]:
         """The random choices of this process's shard of the next training batch, on the host:
         which images and how each is augmented."""

@@ -427,10 +427,6 @@ class FolderSplits:
         self.epoch, self.position = 0, 0  # of the next global batch
         self.batches = None  # the training loader's batches, from the first train_batch on
 
-    @property
-    def iterations_per_epoch(self) -> int:
-        return len(self.train[1]) // self.batch_size
-
     def next_training_batch(self):
         """The next batch of the training loader, which starts where the data order stands."""
         if self.batches is None:
