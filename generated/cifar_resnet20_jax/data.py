@@ -23,7 +23,6 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_PATH = "data/cifar-10-batches-py"
-DATASET_NAME = "CIFAR-10"
 INPUT_SHAPE = (3, 32, 32)  # channels, height, width
 CLASSES = 10
 
@@ -91,7 +90,7 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
             batch = pickle.load(f, encoding="bytes")
         data, labels = batch[b"data"], batch[LABELS_KEY]
     except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as error:
-        raise DataError(f"{path} is not a batch of the python version of {DATASET_NAME} ({error})")
+        raise DataError(f"{path} is not a batch of the python version of CIFAR-10 ({error})")
     images = np.asarray(data, dtype=np.uint8)
     if images.ndim != 2 or images.shape[1] != 3 * 32 * 32 or len(images) != len(labels):
         raise DataError(f"{path}: expected N x 3072 bytes and N labels, found {images.shape}")
@@ -106,7 +105,7 @@ def load_arrays(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         if missing:
             raise DataError(
                 f"{root} has no {', '.join(missing)}; expected the python version of "
-                f"{DATASET_NAME} as extracted: {', '.join(sum(CIFAR_FILES.values(), []))}"
+                f"CIFAR-10 as extracted: {', '.join(sum(CIFAR_FILES.values(), []))}"
             )
         batches = [read_cifar_batch(root / name) for name in names]
         arrays[split] = (

@@ -26,7 +26,6 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_PATH = "/usr/share/datasets/fashion-mnist"
-DATASET_NAME = "Fashion-MNIST"
 INPUT_SHAPE = (1, 32, 32)  # channels, height, width
 CLASSES = 10
 
@@ -111,7 +110,7 @@ def find_idx(root: Path, name: str) -> Path:
             return candidate
     expected = ", ".join(f"{n}[.gz]" for pair in IDX_FILES.values() for n in pair)
     raise DataError(
-        f"{root} has no {name}[.gz]; {DATASET_NAME} is read from the IDX files {expected}"
+        f"{root} has no {name}[.gz]; Fashion-MNIST is read from the IDX files {expected}"
     )
 
 

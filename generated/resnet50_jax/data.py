@@ -28,7 +28,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from PIL import Image
 
 DATA_PATH = "data/imagenet"
-DATASET_NAME = "an image folder"
 INPUT_SHAPE = (3, 224, 224)  # channels, height, width
 CLASSES = 1000
 

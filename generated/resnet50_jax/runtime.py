@@ -522,17 +522,6 @@ class TrainingLog:
             line = f"iter {done:>7}/{self.total}  lr {lr:.4g}  loss {loss:.4f}  error {error:.2%}"
             print(f"{line}  {rate:,.0f} img/s", flush=True)
 
-    def validate(self, done: int, splits: dict, evaluate: Callable[[str], dict]) -> dict:
-        """A validation after `done` iterations: `evaluate(split)` (single_view) on the held-out
-        split, or the test split without one, recorded in metrics.jsonl; not training time."""
-        split = "val" if "val" in splits else "test"
-        with self.paused():
-            result = evaluate(split)
-        if self.lead:
-            record = {"iteration": done, "split": split, "protocol": "single_view"}
-            self.run.append_metrics({**record, **result})
-        return result
-
     @contextlib.contextmanager
     def paused(self):
         """Time that is not training time (validation, checkpoints)."""

@@ -681,14 +681,14 @@ def main(argv: list[str] | None = None) -> None:
 
         # validate: on the held-out split, or the test split without one
         if done % schedule.validate_every == 0 and done < total:
-            result = log.validate(
-                done,
-                data.splits,
-                lambda split: evaluate(
-                    steps, variables_of(state), data, split, "single_view", args
-                ),
-            )
-            schedule.validated(result["top1_error"])
+            with log.paused():
+                split = "val" if "val" in data.splits else "test"
+                result = evaluate(steps, variables_of(state), data, split, "single_view", args)
+                schedule.validated(result["top1_error"])
+                if lead:
+                    run.append_metrics(
+                        {"iteration": done, "split": split, "protocol": "single_view", **result}
+                    )
 
         # checkpoint: every --checkpoint-every iterations, at the end, and when stopped
         stop = stop_requested(signals)

@@ -21,7 +21,6 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 DATA_PATH = "data/imagenet"
-DATASET_NAME = "an image folder"
 INPUT_SHAPE = (3, 224, 224)
 CLASSES = 1000
 
