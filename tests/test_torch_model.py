@@ -3,9 +3,12 @@ option A by hand, torch.export, determinism, goldens, and atomic writing."""
 
 from __future__ import annotations
 
+import ast
+import collections
 import difflib
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -177,6 +180,30 @@ def test_goldens_are_up_to_date(spec_path, backend, out):
                 current.splitlines(True), text.splitlines(True), f"{out}/{name}", "regenerated"
             ))  # fmt: skip
             pytest.fail(f"{out}/{name} is stale; run `make goldens`\n{diff}")
+
+
+# Methods that Python or a library calls by name: used without being named in the package.
+CALLED_BY_NAME = {"forward", "find_class", "persistent_load"}
+
+
+@pytest.mark.parametrize(("spec_path", "backend", "out"), GOLDENS, ids=[g[2] for g in GOLDENS])
+def test_every_name_a_package_defines_is_used_in_it(spec_path, backend, out):
+    """No code a spec does not use: each function, class, method and module constant of a
+    generated package (runtime.py included) is named somewhere else in the package."""
+    texts = {path.name: path.read_text() for path in sorted((ROOT / out).glob("*.py"))}
+    words = collections.Counter(re.findall(r"\w+", "\n".join(texts.values())))
+    unused = []
+    for name, text in texts.items():
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.ClassDef):
+                defined = [node.name]
+            elif isinstance(node, ast.Assign) and node.col_offset == 0:
+                defined = [t.id for t in node.targets if isinstance(t, ast.Name)]
+            else:
+                continue
+            unused += [f"{name}: {d}" for d in defined if words[d] == 1 and d != "main"
+                       and not d.startswith("__") and d not in CALLED_BY_NAME]  # fmt: skip
+    assert unused == []
 
 
 # --- writing ---------------------------------------------------------------------------------
