@@ -39,9 +39,10 @@ class CompileError(Exception):
 
 
 def command_line(spec: ir.Spec, backend: str, output: Path | None, sets: list[str]) -> str:
-    """The `resdsl compile` command that regenerates the package, for its header."""
+    """The `resdsl compile` command that regenerates the package, for its header (without -o
+    where the package is in the default directory: both commands write the same bytes)."""
     words = ["resdsl", "compile", spec.path, "--backend", backend]
-    if output is not None:
+    if output is not None and os.path.normpath(output) != str(default_output(spec, backend, sets)):
         words += ["-o", output.as_posix()]
     for item in sets:
         words += ["--set", item]
