@@ -175,8 +175,10 @@ def meet(address: str, count: int, index: int, timeout_s: float = 300) -> None:
                 f"process 0 at {address}: {answer or 'the connection was closed'}"
             )
         return
+    dual = socket.has_dualstack_ipv6()  # IPv6 and IPv4, as JAX's coordinator listens
     try:
-        server = socket.create_server(("", int(port)))
+        server = socket.create_server(("", int(port)), family=socket.AF_INET6 if dual else socket.AF_INET,
+                                      dualstack_ipv6=dual)  # fmt: skip
     except OSError as error:
         raise runtime.RunError(f"--coordinator {address}: {os.strerror(error.errno)}") from None
     deadline, peers, wrong = time.monotonic() + timeout_s, {}, ""
