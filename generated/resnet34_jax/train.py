@@ -233,10 +233,10 @@ def tell_coordinator(host: str, port: int, hello: str, timeout_s: float) -> str 
 
 def received(peer: socket.socket) -> str:
     """What the other side sends until it closes."""
-    received = b""
+    data = b""
     while chunk := peer.recv(4096):
-        received += chunk
-    return received.decode(errors="replace")
+        data += chunk
+    return data.decode(errors="replace")
 
 
 def all_sum(values: list[float], mesh: Mesh) -> list[float]:

@@ -439,7 +439,9 @@ class Unbroken:
         try:
             return method(*args)
         except BrokenPipeError:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
             return method(*args)
 
     def __getattr__(self, name: str):
