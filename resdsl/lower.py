@@ -127,6 +127,16 @@ class Lowered(NamedTuple):
         for stage in self.stages:
             yield from stage.blocks
 
+    @property
+    def stochastic(self) -> bool:
+        """Whether training draws random numbers inside the network (dropout, drop path)."""
+        layers = [
+            *self.stem.layers(),
+            *(lay for b in self.blocks() for lay in b.layers()),
+            *self.head,
+        ]
+        return any(layer.kind in ("dropout", "drop_path") for layer in layers)
+
 
 class Lowering:
     def __init__(self, network: ir.Network, definitions: Definitions, report: Report):

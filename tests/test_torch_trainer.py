@@ -127,15 +127,21 @@ def test_cifar10_pickles(cifar, tmp_path):
     assert arrays["test"][0].shape == (6, 3, 32, 32)
 
 
+def write_cifar100(root: Path, train: int = 8, test: int = 4) -> None:
+    """CIFAR-100's python version: `train` and `test` pickles with fine and coarse labels."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train", train), ("test", test)):
+        with open(root / name, "wb") as f:
+            pickle.dump({b"data": np.full((n, 3072), 7, np.uint8),
+                         b"fine_labels": [i % 100 for i in range(n)],
+                         b"coarse_labels": [0] * n}, f)  # fmt: skip
+
+
 def test_cifar100_pickles(tmp_path):
     package = compile_to(ROOT / "specs/variants/wrn_28_10.res", tmp_path / "pkg")
     data = import_package(package)["data"]
     root = tmp_path / "cifar-100-python"
-    root.mkdir()
-    for name, n in (("train", 8), ("test", 4)):
-        with open(root / name, "wb") as f:
-            pickle.dump({b"data": np.full((n, 3072), 7, np.uint8),
-                         b"fine_labels": list(range(n)), b"coarse_labels": [0] * n}, f)  # fmt: skip
+    write_cifar100(root)
     arrays = data.load_arrays(root)
     assert arrays["train"][0].shape == (8, 3, 32, 32) and arrays["train"][1].tolist() == list(
         range(8)

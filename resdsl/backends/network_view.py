@@ -16,4 +16,5 @@ def model_context(spec: ir.Spec, analysis: Analysis) -> dict:
         "net": net,
         "analysis": analysis,
         "custom_norm": (bn.momentum, bn.eps) != (0.1, 1e-5),
+        "stochastic": analysis.lowered.stochastic,  # dropout or drop path: an rng in training
     }
