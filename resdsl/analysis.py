@@ -90,9 +90,8 @@ def cost(layers) -> Cost:
     return total
 
 
-def analyse(spec: ir.Spec, report: Report, classes: bool = True) -> Analysis | None:
-    """Lower the network and measure it; problems are reported with the span at fault. With
-    `classes`, also check that its blocks can be printed as classes (what compile needs)."""
+def analyse(spec: ir.Spec, report: Report) -> Analysis | None:
+    """Lower the network and measure it; problems are reported with the span at fault."""
     network = spec.network
     lowered = lower(network, spec.definitions, report)
     if lowered is None:
@@ -107,11 +106,6 @@ def analyse(spec: ir.Spec, report: Report, classes: bool = True) -> Analysis | N
             total += cost(block.layers())
         stages.append(Part(stage.ir.name, len(stage.blocks), stage.out, total.params, total.macs))
     head = cost(lowered.head)
-    if classes:
-        from .classes import class_problems
-
-        for problem in class_problems(lowered):
-            report.error(problem, network.span, 'see docs/language.md, "Defining blocks"')
     analysis = Analysis(
         network, depth, stem_part, tuple(stages),
         Part("head", 0, (network.classes,), head.params, head.macs), lowered,

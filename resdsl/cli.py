@@ -106,7 +106,7 @@ def summary(
     from .summary import as_json, table
 
     try:
-        spec, analysis = load_spec(file, set_ or [], classes=False)
+        spec, analysis = load_spec(file, set_ or [])
     except SpecError as error:
         _fail(error.report)
     typer.echo(as_json(analysis) if json else table(spec, analysis))

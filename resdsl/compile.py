@@ -24,7 +24,6 @@ from typing import NamedTuple
 from . import __version__, ir
 from .analysis import Analysis
 from .backends import BACKENDS, render
-from .classes import EmitError
 from .diagnostics import did_you_mean
 from .quoting import code_text, read_code_text, shell_words
 
@@ -127,12 +126,7 @@ def build_files(
         f"{MARKER} {__version__} from {code_text(spec.path)}.\n"
         f"# Edit the spec, not this file; regenerate with:\n#   {command}\n"
     )
-    try:
-        files = render(backend, spec, analysis, header=header, command=command, package=package)
-    except EmitError as error:
-        raise CompileError(
-            f"{spec.path}: {error}", 'see docs/language.md, "Defining blocks"'
-        ) from None
+    files = render(backend, spec, analysis, header=header, command=command, package=package)
     return {name: format_python(text) if name.endswith(".py") else text
             for name, text in files.items()}  # fmt: skip
 

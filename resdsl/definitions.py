@@ -10,13 +10,8 @@ from typing import NamedTuple
 from . import syntax as s
 from .diagnostics import Report, Span, did_you_mean
 from .layers import KINDS
-from .limits import bounded
 
 PRELUDE = Path(__file__).with_name("prelude.res")
-
-
-class Sym(str):
-    """A bare word used as a value: `inverted` in `drop_mode = inverted`."""
 
 
 class FlatDef(NamedTuple):
@@ -27,6 +22,7 @@ class FlatDef(NamedTuple):
     params: tuple[s.DefParam, ...]
     body: tuple
     span: Span
+    doc: str = ""  # the comment right above its definition
 
     def param_names(self) -> list[str]:
         return [p.name.text for p in self.params]
@@ -39,6 +35,9 @@ class Definitions:
         self.blocks: dict[str, FlatDef] = {}
         self.stems: dict[str, FlatDef] = {}
         self.shortcuts: dict[str, FlatDef] = {}
+        # definitions with a mistake already reported: a network that uses one says nothing more
+        self.broken: set[tuple[str, str]] = set()
+        self.generic_forms: dict[str, object] = {}  # interpret.Interpreter.generic's, by block
 
     def table(self, kind: str) -> dict[str, FlatDef]:
         return {"block": self.blocks, "stem": self.stems, "shortcut": self.shortcuts}[kind]
@@ -104,7 +103,7 @@ def collect(files: list[s.SpecFile], report: Report) -> Definitions:
         definition = raw[key]
         if definition.extends is None:
             made = FlatDef(definition.kind, definition.name.text, definition.params,
-                           definition.body, definition.span)  # fmt: skip
+                           definition.body, definition.span, definition.doc)  # fmt: skip
         else:
             parent_key = (definition.kind, definition.extends.text)
             if parent_key not in raw:
@@ -137,7 +136,8 @@ def collect(files: list[s.SpecFile], report: Report) -> Definitions:
         return made
 
     for key in raw:
-        flat(key)
+        if flat(key) is None:
+            result.broken.add(key)
     return result
 
 
@@ -179,7 +179,7 @@ def _extend(parent: FlatDef, child: s.Definition, report: Report) -> FlatDef | N
             )
             return None
     return FlatDef(parent.kind, child.name.text, tuple(params.values()),
-                   tuple(lets) + tuple(body), child.span)  # fmt: skip
+                   tuple(lets) + tuple(body), child.span, child.doc)  # fmt: skip
 
 
 def _labels(body) -> list[str]:
@@ -240,87 +240,3 @@ def preact_block(definition: FlatDef) -> bool:
         if isinstance(st, s.Group | s.If):
             return False
     return False
-
-
-# --- values ---------------------------------------------------------------------------------
-
-Value = int | float | bool | Sym | tuple
-
-
-def evaluate(expr, env: dict, report: Report) -> Value | None:
-    """The value of `expr`; names are looked up in `env` (an unknown name is a word, `Sym`)."""
-    if isinstance(expr, s.Num):
-        return expr.value
-    if isinstance(expr, s.Dims):
-        return expr.values
-    if isinstance(expr, s.Str):
-        return Sym(expr.value)
-    if isinstance(expr, s.Ref):
-        return env[expr.name] if expr.name in env else Sym(expr.name)
-    if isinstance(expr, s.Neg):
-        value = _number(expr.operand, env, report)
-        return None if value is None else -value
-    if isinstance(expr, s.Not):
-        value = evaluate(expr.operand, env, report)
-        if value is None:
-            return None
-        if not isinstance(value, bool):
-            report.error("`not` needs a condition", expr.operand.span)
-            return None
-        return not value
-    if isinstance(expr, s.Choose):
-        condition = evaluate(expr.condition, env, report)
-        if condition is None:
-            return None
-        if not isinstance(condition, bool):
-            report.error("`if` needs a condition (a comparison)", expr.condition.span)
-            return None
-        return evaluate(expr.then if condition else expr.otherwise, env, report)
-    op = expr.op
-    if op in ("and", "or"):
-        left, right = evaluate(expr.left, env, report), evaluate(expr.right, env, report)
-        if left is None or right is None:
-            return None
-        if not (isinstance(left, bool) and isinstance(right, bool)):
-            report.error(f"`{op}` joins conditions (comparisons)", expr.span)
-            return None
-        return (left and right) if op == "and" else (left or right)
-    if op in ("==", "!="):
-        left, right = evaluate(expr.left, env, report), evaluate(expr.right, env, report)
-        if left is None or right is None:
-            return None
-        return (left == right) if op == "==" else (left != right)
-    left, right = _number(expr.left, env, report), _number(expr.right, env, report)
-    if left is None or right is None:
-        return None
-    if op in ("<", ">", "<=", ">="):
-        return {"<": left < right, ">": left > right, "<=": left <= right, ">=": left >= right}[op]
-    if op in ("/", "//") and right == 0:
-        report.error("division by zero", expr.right.span)
-        return None
-    result = {
-        "+": lambda: left + right,
-        "-": lambda: left - right,
-        "*": lambda: left * right,
-        "/": lambda: left / right,
-        "//": lambda: left // right,
-    }[op]()
-    return bounded(result, expr.span, report)
-
-
-def _number(expr, env: dict, report: Report) -> int | float | None:
-    value = evaluate(expr, env, report)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        if isinstance(value, Sym):
-            names = sorted(k for k, v in env.items() if not isinstance(v, bool))
-            report.error(
-                f"unknown name `{value}`",
-                expr.span,
-                did_you_mean(str(value), names, "names here") if names else None,
-            )
-        else:
-            report.error(f"a number is needed here, got {value}", expr.span)
-        return None
-    return value

@@ -65,11 +65,11 @@ class Diagnostic(NamedTuple):
 
     def render(self) -> str:
         where = f"{self.span}: " if self.span else "resdsl: "
-        lines = [f"{where}{self.severity}: {self.message}"]
+        lines = [f"{where}{self.severity}: {printable(self.message)}"]
         if self.span is not None:
             lines += _excerpt(self.span)
         if self.hint:
-            lines.append(f"  hint: {self.hint}")
+            lines.append(f"  hint: {printable(self.hint)}")
         return "\n".join(lines)
 
     def sort_key(self) -> tuple:
@@ -78,12 +78,20 @@ class Diagnostic(NamedTuple):
         return (self.span.path, self.span.line, self.span.column)
 
 
+def printable(text: str) -> str:
+    """`text` safe for a terminal: a control or formatting character (BEL, NUL, an escape, a
+    right-to-left override) is written as its escape, `\\x07`, `\\u202e`."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == "\n" else ascii(c)[1:-1] for c in text)
+
+
 def _excerpt(span: Span) -> list[str]:
     if span.path not in _LINES:
         text = _SOURCES.get(span.path)
         if text is None:
             return []
-        _LINES[span.path] = text.splitlines()
+        _LINES[span.path] = text.split("\n")  # as the parser counts lines: U+2028 is no break
     source_lines = _LINES[span.path]
     if not 1 <= span.line <= len(source_lines):
         return []

@@ -10,14 +10,11 @@ from .diagnostics import Report, SpecError
 from .resolve import load
 
 
-def load_spec(
-    path: str | Path, sets: list[str] | tuple[str, ...] = (), classes: bool = True
-) -> tuple[ir.Spec, Analysis]:
-    """The resolved spec and its analysis; raises `SpecError` with all diagnostics. `classes`
-    also checks what only compiling needs (summaries skip it)."""
+def load_spec(path: str | Path, sets: list[str] | tuple[str, ...] = ()) -> tuple[ir.Spec, Analysis]:
+    """The resolved spec and its analysis; raises `SpecError` with all diagnostics."""
     report = Report()
     spec = load(path, sets, report)
-    analysis = analyse(spec, report, classes) if spec is not None else None
+    analysis = analyse(spec, report) if spec is not None else None
     if spec is None or analysis is None or report.failed:
         raise SpecError(report)
     return spec, analysis

@@ -1,19 +1,24 @@
-"""The primitive layers: each kind's arguments, shape rule and cost, in one place.
+"""The primitive layers: each kind's arguments, channel and shape rules, cost and readings, in
+one place.
 
 A kind of layer is a `Kind`: which arguments it takes (a kernel size `KxK`, one positional value,
-`, name value` options), how it changes a (channels, height, width) shape, and how many
-parameters and multiply-adds it costs. The two emitters (`backends/torch_model.py`,
-`backends/jax_model.py`) print each kind; docs/adding-a-layer.md tells how to add one. (A fully
-connected layer inside a block is a 1x1 convolution with `bias`; the head's fc is the network's.)
+`, name value` options), the channels it gives (on symbolic values too: `planes * 4`), how it
+changes a concrete (channels, height, width) shape, how many parameters and multiply-adds it
+costs, and how it reads in a class docstring (`doc`) and in `resdsl show` (`short`). Each backend
+prints every kind from a table keyed by the kind's name (`backends/torch/model.py`'s `MODULES`,
+`backends/jax/model.py`'s `CALLS`); a test asserts that the three sets of names are equal.
+docs/adding-a-layer.md tells how to add one.
 
 Counts follow torchvision: parameters are trainable tensors (BN running statistics are buffers);
-multiply-adds count convolutions (bias adds are not counted) and the fc layer.
+multiply-adds count convolutions and fully connected layers (bias adds are not counted).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import NamedTuple
+
+from .symbolic import apply, constant, symbolic
 
 Shape = tuple[int, int, int]  # channels, height, width
 
@@ -35,18 +40,35 @@ class Option(NamedTuple):
     choices: tuple[str, ...] = ()
 
 
+def _same_channels(args: dict, channels):
+    return channels
+
+
+def _no_cost(args: dict, inp: Shape, out: Shape) -> int:
+    return 0
+
+
 class Kind(NamedTuple):
     name: str
     summary: str
+    doc: Callable[[dict], str]  # in a class docstring: `3x3 conv`, `BN`
+    short: Callable[[dict], str]  # in `resdsl show`: `3x3/2 conv 128`
     kernel: bool = False  # takes `KxK` (or a whole number for a square kernel)
     positional: str | None = None  # the name the one positional value binds to
     options: dict[str, Option] = {}
-    shape: Callable[[dict, Shape], Shape] = lambda args, shape: shape
-    params: Callable[[dict, Shape, Shape], int] = lambda args, inp, out: 0
-    macs: Callable[[dict, Shape, Shape], int] = lambda args, inp, out: 0
+    channels: Callable[[dict, object], object] = _same_channels  # channels out, from channels in
+    spatial: Callable[[dict, Shape], tuple[int, int]] = lambda args, shape: shape[1:]
+    params: Callable[[dict, Shape, Shape], int] = _no_cost
+    macs: Callable[[dict, Shape, Shape], int] = _no_cost
     # a layer with this argument at 0 does nothing and is left out (dropout 0, drop_path 0)
     vanishes_at_zero: str | None = None
     weighted: bool = False  # has parameters: needs a name (it becomes a state_dict key)
+    gate: bool = False  # multiplies the block's input by its value (squeeze-and-excitation)
+    random: bool = False  # draws random numbers in training
+
+    def shape(self, args: dict, shape: Shape) -> Shape:
+        """The output shape of concrete `args` at a concrete input `shape`."""
+        return (self.channels(args, shape[0]), *self.spatial(args, shape))
 
 
 def out_size(size: int, kernel: int, stride: int, padding: int, dilation: int = 1, ceil=False):
@@ -59,16 +81,10 @@ def out_size(size: int, kernel: int, stride: int, padding: int, dilation: int = 
     return span // stride + 1
 
 
-def _conv_shape(args: dict, shape: Shape) -> Shape:
+def _conv_spatial(args: dict, shape: Shape) -> tuple[int, int]:
     channels, height, width = shape
     kh, kw = args["kernel"]
     groups, out = args["groups"], args["channels"]
-    if out < 1:
-        raise LayerError(
-            f"a convolution needs at least one output channel, got {out}",
-            "its channels come from the block's arguments: raise the stage width (or the "
-            "option that divides it)",
-        )
     if channels % groups or out % groups:
         raise LayerError(
             f"{channels} input and {out} output channels are not both divisible by {groups} groups",
@@ -84,7 +100,7 @@ def _conv_shape(args: dict, shape: Shape) -> Shape:
             f"the feature map vanishes: a {kh}x{kw}/{stride} convolution of {height}x{width}",
             "use a larger input, or a smaller stride",
         )
-    return (out, *size)
+    return size
 
 
 def _conv_weights(args: dict, inp: Shape, out: Shape) -> int:
@@ -92,20 +108,25 @@ def _conv_weights(args: dict, inp: Shape, out: Shape) -> int:
     return kh * kw * (inp[0] // args["groups"]) * out[0]
 
 
-def _pool_shape(args: dict, shape: Shape) -> Shape:
+def _pool_spatial(args: dict, shape: Shape) -> tuple[int, int]:
     channels, height, width = shape
     kh, kw = args["kernel"]
     stride, pad, ceil = args["stride"], args["padding"], args.get("ceil", False)
+    if 2 * pad > min(kh, kw):
+        raise LayerError(
+            f"a {kh}x{kw} pool pads at most half its kernel, got padding {pad}",
+            "PyTorch refuses more (pad should be at most half of the kernel size)",
+        )
     size = out_size(height, kh, stride, pad, ceil=ceil), out_size(width, kw, stride, pad, ceil=ceil)
     if min(size) < 1 or min(height, width) + 2 * pad < min(kh, kw):
         raise LayerError(
             f"the feature map vanishes: a {kh}x{kw}/{stride} pool of {height}x{width}",
             "use a larger input, or a smaller stride",
         )
-    return (channels, *size)
+    return size
 
 
-def _pad_channels_shape(args: dict, shape: Shape) -> Shape:
+def _pad_channels_spatial(args: dict, shape: Shape) -> tuple[int, int]:
     channels, height, width = shape
     if args["channels"] < channels:
         raise LayerError(
@@ -114,19 +135,53 @@ def _pad_channels_shape(args: dict, shape: Shape) -> Shape:
             "stage",
         )
     stride = args["stride"]
-    return (args["channels"], -(-height // stride), -(-width // stride))
+    return (-(-height // stride), -(-width // stride))
+
+
+def _positive_channels(args: dict, channels):
+    out = args["channels"]
+    if not symbolic(out) and out < 1:
+        raise LayerError(
+            f"a {'convolution' if 'groups' in args else 'linear layer'} needs at least one output "
+            f"channel, got {out}",
+            "its channels come from the block's arguments: raise the stage width (or the "
+            "option that divides it)",
+        )
+    return out
 
 
 def _bn_params(args: dict, inp: Shape, out: Shape) -> int:
     return 2 * inp[0]
 
 
+def _k(args: dict) -> str:
+    return "x".join(map(str, args["kernel"]))
+
+
+def _stride(args: dict) -> str:
+    stride = args.get("stride", 1)
+    return f"/{stride}" if not symbolic(stride) and stride and stride > 1 else ""
+
+
+def _conv_short(a: dict) -> str:
+    text = f"{_k(a)}{_stride(a)} conv {a['channels']}"
+    if a["groups"] > 1:
+        text += f" g{a['groups']}"
+    if a["dilation"] > 1:
+        text += f" d{a['dilation']}"
+    return text
+
+
+def _fixed(text: str) -> Callable[[dict], str]:
+    return lambda args: text
+
+
 PROBABILITY = Option("probability", 0.0)
 ACTIVATIONS = {
-    "relu": "max(x, 0)",
-    "gelu": "x * Phi(x) (exact, not the tanh approximation)",
-    "silu": "x * sigmoid(x) (swish)",
-    "sigmoid": "1 / (1 + exp(-x))",
+    "relu": ("max(x, 0)", "ReLU"),
+    "gelu": ("x * Phi(x) (exact, not the tanh approximation)", "GELU"),
+    "silu": ("x * sigmoid(x) (swish)", "SiLU"),
+    "sigmoid": ("1 / (1 + exp(-x))", "sigmoid"),
 }
 
 KINDS: dict[str, Kind] = {
@@ -134,6 +189,8 @@ KINDS: dict[str, Kind] = {
         "conv",
         "convolution: `conv KxK CHANNELS, stride S, groups G, dilation D, padding P, bias`; "
         "padding defaults to dilation * (K - 1) / 2",
+        doc=lambda a: f"{_k(a)} conv",
+        short=_conv_short,
         kernel=True,
         positional="channels",
         options={
@@ -144,79 +201,122 @@ KINDS: dict[str, Kind] = {
             "padding": Option("count", None),
             "bias": Option("flag", False),
         },
-        shape=_conv_shape,
+        channels=_positive_channels,
+        spatial=_conv_spatial,
         params=lambda a, i, o: _conv_weights(a, i, o) + (o[0] if a["bias"] else 0),
         macs=lambda a, i, o: _conv_weights(a, i, o) * o[1] * o[2],
+        weighted=True,
+    ),
+    "linear": Kind(
+        "linear",
+        "fully connected layer over the channels, at every position: `linear CHANNELS` (with a "
+        "bias, as PyTorch's nn.Linear); the head's classifier is one",
+        doc=_fixed("fc"),
+        short=lambda a: f"fc {a['channels']}",
+        positional="channels",
+        options={"channels": Option("whole")},
+        channels=_positive_channels,
+        params=lambda a, i, o: i[0] * o[0] + o[0],
+        macs=lambda a, i, o: i[0] * o[0] * o[1] * o[2],
         weighted=True,
     ),
     "batchnorm": Kind(
         "batchnorm",
         "batch normalisation (the network's momentum and eps); `zero_init`: gamma starts at 0 "
         "when the network's init asks for zero_init_residual",
+        doc=_fixed("BN"),
+        short=_fixed("BN"),
         options={"zero_init": Option("flag", False)},
         params=_bn_params,
         weighted=True,
     ),
-    **{name: Kind(name, f"activation: {formula}") for name, formula in ACTIVATIONS.items()},
+    **{
+        name: Kind(name, f"activation: {formula}", doc=_fixed(title), short=_fixed(title))
+        for name, (formula, title) in ACTIVATIONS.items()
+    },
     "max_pool": Kind(
         "max_pool",
         "max pooling: `max_pool KxK, stride S, padding P`; stride defaults to K, padding to 0 "
         "(as PyTorch)",
+        doc=_fixed("max pool"),
+        short=lambda a: f"{_k(a)}{_stride(a)} max pool",
         kernel=True,
         options={"stride": Option("whole", None), "padding": Option("count", None)},
-        shape=_pool_shape,
+        spatial=_pool_spatial,
     ),
     "avg_pool": Kind(
         "avg_pool",
         "average pooling: `avg_pool KxK, stride S, padding P, ceil`; stride defaults to K, "
         "padding to 0; padding is not counted in the average (count_include_pad=False)",
+        doc=_fixed("average pool"),
+        short=lambda a: f"{_k(a)}{_stride(a)} avg pool",
         kernel=True,
         options={
             "stride": Option("whole", None),
             "padding": Option("count", None),
             "ceil": Option("flag", False),
         },
-        shape=_pool_shape,
+        spatial=_pool_spatial,
     ),
     "global_avg_pool": Kind(
         "global_avg_pool",
         "the mean over height and width, kept as a 1x1 map",
-        shape=lambda a, s: (s[0], 1, 1),
+        doc=_fixed("global average pool"),
+        short=_fixed("global avg pool"),
+        spatial=lambda a, s: (1, 1),
     ),
     "dropout": Kind(
         "dropout",
         "dropout with probability P (`dropout P`); off in evaluation; left out at P = 0",
+        doc=_fixed("dropout"),
+        short=lambda a: f"dropout {a['p']:g}",
         positional="p",
         options={"p": PROBABILITY},
         vanishes_at_zero="p",
+        random=True,
     ),
     "drop_path": Kind(
         "drop_path",
         "stochastic depth: drops the whole residual branch of a sample with probability P. "
         "`mode inverted` (timm) scales kept samples by 1/(1-P) in training; `mode survival` "
         "(Huang et al. 2016) scales by 1-P at test time instead. Left out at P = 0",
+        doc=_fixed("drop path"),
+        short=lambda a: f"drop path {a['p']:.3g}",
         positional="p",
         options={"p": PROBABILITY, "mode": Option("word", "inverted", ("inverted", "survival"))},
         vanishes_at_zero="p",
+        random=True,
     ),
     "multiply": Kind(
         "multiply",
         "the value times the input of the block it is in (a gate, as in squeeze-and-excitation)",
+        doc=_fixed("gate"),
+        short=_fixed("multiply"),
+        gate=True,
     ),
-    "identity": Kind("identity", "does nothing (holds a place in a numbered group)"),
+    "identity": Kind(
+        "identity",
+        "does nothing (holds a place in a numbered group)",
+        doc=_fixed("identity"),
+        short=_fixed("identity"),
+    ),
     "pad_channels": Kind(
         "pad_channels",
         "option A's shortcut: `pad_channels CHANNELS, stride S` subsamples by S and adds zero "
         "channels up to CHANNELS",
+        doc=_fixed("zero padding"),
+        short=_fixed("pad A"),
         positional="channels",
         options={"channels": Option("whole"), "stride": Option("whole", 1)},
-        shape=_pad_channels_shape,
+        channels=lambda a, c: a["channels"],
+        spatial=_pad_channels_spatial,
     ),
 }
 
 
 def complete(kind: Kind, args: dict) -> dict:
-    """`args` with every default filled in (the ones that depend on others computed)."""
+    """`args` with every default filled in (the ones that depend on others computed); works on
+    symbolic values as on constants."""
     full = {name: args.get(name, option.default) for name, option in kind.options.items()}
     if kind.kernel:
         full["kernel"] = args["kernel"]
@@ -225,5 +325,16 @@ def complete(kind: Kind, args: dict) -> dict:
             full["stride"] = kh
         if "padding" in full and full["padding"] is None:
             # a convolution keeps the size ("same"); a pool, as PyTorch's, pads nothing
-            full["padding"] = full["dilation"] * (kh - 1) // 2 if kind.name == "conv" else 0
+            if kind.name == "conv":
+                full["padding"] = apply("//", apply("*", full["dilation"], apply("-", kh, 1)), 2)
+            else:
+                full["padding"] = 0
     return full
+
+
+def vanishes(kind: Kind, args: dict) -> bool:
+    """A layer that does nothing with these arguments (dropout 0) is left out."""
+    if kind.vanishes_at_zero is None:
+        return False
+    value = constant(args[kind.vanishes_at_zero])
+    return not symbolic(value) and value == 0

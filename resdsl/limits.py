@@ -14,7 +14,10 @@ MAX_WHOLE = 10**9  # counts, widths, classes, iterations, ...
 MAX_BATCH = 1 << 20  # images in one batch
 MAX_OPERATORS = 200  # + - * / ( in one statement: keeps expression trees shallow
 MAX_NESTING = 32  # { } inside each other (definitions' `if`s and groups)
-MAX_LAYERS = 100_000  # of a network
+MAX_LAYERS = 100_000  # of a network, as the paper counts them (weighted layers on the main path)
+MAX_ALL_LAYERS = 200_000  # of a network: every layer, of blocks used as layers too
+MAX_SPATIAL = 1024  # a kernel size, stride, dilation or padding
+MAX_DEFINITION_NESTING = 16  # blocks used as layers of blocks used as layers of ...
 MAX_PARAMS = 10_000_000_000  # of a network
 
 

@@ -1,10 +1,16 @@
-"""Network IR + definitions -> concrete layers with shapes: the one form that analysis and both
-backends read.
+"""Network IR + definitions -> the network's classes, and its blocks built from them.
 
-Each block of each stage is lowered by running its definition with the block's arguments: `let`s
-are evaluated, `if`s decided, layers checked against `layers.KINDS` and given their input and
-output shapes, parameters and multiply-adds. Identical blocks (same definition, arguments and
-input shape) are lowered once and shared, so a 1,202-layer network costs a few blocks' work.
+Lowering decides which classes a network needs and what varies between their blocks: one class
+per block definition of the stages (two when some stages have no shortcut: `PlainBasicBlock`),
+and one per definition used as a layer. A parameter whose value differs between a class's blocks
+(the stage's width, the stride of a stage's first block, ...) is a constructor argument; the
+others are folded in. Each class's form is interpreted once (`interpret.py`), with its
+constructor arguments symbolic.
+
+Every block of the network is then that form with its block's values substituted
+(`instantiate`): the concrete layers, shapes, parameters and multiply-adds that analysis folds
+over, and `show` draws. Identical blocks (same class, values and input shape) are built once and
+shared, so a 1,202-layer network costs a few blocks' work.
 """
 
 from __future__ import annotations
@@ -12,11 +18,26 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from . import ir
-from . import syntax as s
-from .definitions import Definitions, FlatDef, Sym, evaluate, preact_block
+from .definitions import Definitions, FlatDef, preact_block
 from .diagnostics import Report, Span
-from .layers import KINDS, LayerError, Shape, complete
-from .limits import MAX_LAYERS
+from .forms import (
+    AddNode,
+    BlockClass,
+    BranchNode,
+    CallNode,
+    CheckNode,
+    Form,
+    GroupNode,
+    LayerNode,
+    LetNode,
+    WhenNode,
+    walk,
+)
+from .interpret import Interpreter, Where, argument_problem, place
+from .layers import KINDS, LayerError, Shape, vanishes
+from .limits import MAX_ALL_LAYERS, MAX_LAYERS
+from .names import PRINTER_NAMES, Namespace
+from .symbolic import EvalError, Named, Op, Var, concrete, constant, text, type_of
 
 
 class Layer(NamedTuple):
@@ -29,7 +50,7 @@ class Layer(NamedTuple):
     out: Shape
     params: int
     macs: int
-    source: s.Layer | None = None
+    source: object = None
 
 
 class Group(NamedTuple):
@@ -75,6 +96,7 @@ class Block(NamedTuple):
     out: Shape
     name: str | None = None  # when used as a layer of another block
     shortcut_name: str | None = None  # the network's shortcut option for this block
+    size: int = 0  # layers inside, those of blocks used as layers and shortcuts included
 
     def layers(self):
         """Every primitive layer inside, shortcuts included, in order."""
@@ -109,6 +131,7 @@ class Stage(NamedTuple):
     attr: str  # layer1, layer2, ...
     blocks: tuple[Block, ...]
     out: Shape
+    cls: BlockClass | None = None
 
 
 class Lowered(NamedTuple):
@@ -118,6 +141,10 @@ class Lowered(NamedTuple):
     stages: tuple[Stage, ...]
     head: tuple[Layer, ...]  # [bn_final, relu] (pre-activation), avgpool, [dropout], fc
     definitions: Definitions
+    classes: tuple[BlockClass, ...] = ()  # blocks used as layers first
+    stem_form: Form | None = None  # a form of constants: the stem is printed inline
+    head_form: tuple[LayerNode, ...] = ()
+    shortcut_forms: dict = {}  # the shortcut options the stages use -> their forms
 
     @property
     def features(self) -> int:
@@ -130,22 +157,77 @@ class Lowered(NamedTuple):
     @property
     def stochastic(self) -> bool:
         """Whether training draws random numbers inside the network (dropout, drop path)."""
-        layers = [
-            *self.stem.layers(),
-            *(lay for b in self.blocks() for lay in b.layers()),
-            *self.head,
-        ]
-        return any(layer.kind in ("dropout", "drop_path") for layer in layers)
+        layers = [*self.stem.layers(), *(lay for b in self.blocks() for lay in b.layers()),
+                  *self.head]  # fmt: skip
+        return any(KINDS[layer.kind].random for layer in layers)
+
+    @property
+    def stage_classes(self) -> list[BlockClass]:
+        return [c for c in self.classes if c.role == "stage"]
+
+    def layer_class(self, definition: str) -> BlockClass:
+        return next(
+            c for c in self.classes if c.role == "layer" and c.definition.name == definition
+        )
+
+
+_MISSING = ("missing",)  # a parameter a block does not give (its default applies)
 
 
 class Lowering:
     def __init__(self, network: ir.Network, definitions: Definitions, report: Report):
         self.network, self.definitions, self.report = network, definitions, report
+        self.interpreter = Interpreter(definitions, report)
         self.cache: dict[tuple, Block | None] = {}
         self.preact = False
+        self.work = 0  # layers built so far (identical blocks are built once)
+        self.classes: dict[tuple, BlockClass] = {}
+        self.class_names = Namespace(PRINTER_NAMES | {"Block", "ResNet"})
+        self.shortcut_forms: dict[str, Form] = {}
+        self.failed = False
 
     # the whole network --------------------------------------------------------------------------
     def run(self) -> Lowered | None:
+        net = self.network
+        if not self._preact():
+            return None
+        stem_form, stem = self._stem()
+        if stem is None:
+            return None
+        stage_classes = self._stage_classes()
+        if stage_classes is None or not self._layer_classes(stage_classes) or not self._shortcuts():
+            return None
+        if not self._depth_is_sane(stem):
+            return None
+        stages, shape, dilation, index = [], stem.out, 1, 0
+        total = sum(stage.blocks for stage in net.stages)
+        for number, stage in enumerate(net.stages, start=1):
+            if stage.stride > 1 and min(shape[1:]) == 1:
+                self.report.error(
+                    f"{stage.title} cannot subsample: its input is already {shape[1]}x{shape[2]}",
+                    stage.span,
+                    "the feature map vanishes; use a larger input, or stride 1 here",
+                )
+                return None
+            cls = stage_classes[number - 1]
+            blocks = []
+            for i in range(stage.blocks):
+                index += 1
+                block = self._stage_block(stage, cls, i, dilation, index, total, shape)
+                if block is None:
+                    return None
+                blocks.append(block)
+                shape = block.out
+            dilation = stage.dilation
+            stages.append(Stage(stage, f"layer{number}", tuple(blocks), shape, cls))
+        if not self._finish_classes(stages):
+            return None
+        head_form, head = self._head(shape, stem_form)
+        classes = self._ordered_classes()
+        return Lowered(net, self.preact, stem, tuple(stages), head, self.definitions,
+                       classes, stem_form, head_form, dict(self.shortcut_forms))  # fmt: skip
+
+    def _preact(self) -> bool:
         net = self.network
         first = self.definitions.blocks.get(net.stages[0].block.name)
         self.preact = first is not None and preact_block(first)
@@ -160,462 +242,577 @@ class Lowering:
                 mixed[0].span,
                 "a network's blocks either all start with a batchnorm (pre-activation) or none do",
             )
-            return None
-        channels, height, width = net.input
-        stem_def = self.definitions.stems[net.stem.name]
-        stem = self.block(stem_def, dict(net.stem.args), (channels, height, width), net.stem.span)
-        if stem is None:
-            return None
-        shape = stem.out
-        if not self._depth_is_sane(stem):
-            return None
-        stages = []
-        total = sum(stage.blocks for stage in net.stages)
-        index = 0
-        dilation = 1
-        for number, stage in enumerate(net.stages, start=1):
-            if stage.stride > 1 and min(shape[1:]) == 1:
-                self.report.error(
-                    f"{stage.title} cannot subsample: its input is already {shape[1]}x{shape[2]}",
-                    stage.span,
-                    "the feature map vanishes; use a larger input, or stride 1 here",
-                )
-                return None
-            blocks = []
-            for i in range(stage.blocks):
-                index += 1
-                args = self._block_args(stage, i, dilation, index, total)
-                definition = self.definitions.blocks[stage.block.name]
-                context = f"{stage.title}, block {i + 1}: "
-                block = self.block(definition, args, shape, stage.span, stage.shortcut,
-                                   context=context)  # fmt: skip
-                if block is None:
-                    return None
-                blocks.append(block)
-                shape = block.out
-            dilation = stage.dilation
-            stages.append(Stage(stage, f"layer{number}", tuple(blocks), shape))
-        head = self._head(shape)
-        return Lowered(net, self.preact, stem, tuple(stages), head, self.definitions)
-
-    def _depth_is_sane(self, stem: Block) -> bool:
-        """Refuse absurd depths (`--set n=10**9`) from each stage's first block, before lowering
-        every block."""
-        depth, shape, dilation = stem.depth + 1, stem.out, 1
-        for stage in self.network.stages:
-            args = self._block_args(stage, 0, dilation, 1, 1)
-            args.pop("drop_path", None)
-            definition = self.definitions.blocks[stage.block.name]
-            block = self.block(definition, args, shape, stage.span, stage.shortcut,
-                               context=f"{stage.title}, block 1: ")  # fmt: skip
-            if block is None:
-                return False
-            depth += stage.blocks * block.depth
-            shape, dilation = block.out, stage.dilation
-        if depth > MAX_LAYERS:
-            self.report.error(
-                f"network `{self.network.name}` would have {depth:,} layers; resdsl refuses "
-                f"networks deeper than {MAX_LAYERS:,}",
-                self.network.span,
-                "check the block counts (and any --set values)",
-            )
             return False
         return True
 
-    def _block_args(self, stage: ir.Stage, i: int, dilation: int, index: int, total: int) -> dict:
+    def _stem(self):
+        net = self.network
+        definition = self.definitions.stems[net.stem.name]
+        where = Where(self.report, net.stem.span)
+        form = self.interpreter.run(definition, dict(net.stem.args), net.input[0], self.preact,
+                                    where)  # fmt: skip
+        if form is None or not self._printable(form, where, "stem"):
+            return None, None
+        stem = self.instantiate(form, {}, net.input, None, net.stem.span, "")
+        return form, stem
+
+    # classes ----------------------------------------------------------------------------------
+    def _stage_args(self, stage: ir.Stage, i: int, dilation: int, index: int, total: int) -> dict:
         """A block's arguments: the stage's (planes, stride, dilation), the rule's drop rate,
         and the options written after `block`."""
         args = dict(stage.block.args)
         args["planes"] = stage.width
-        if stage.stride != 1 and i == 0:
-            args["stride"] = stage.stride
+        args["stride"] = stage.stride if i == 0 else 1
         if stage.dilation != 1 or dilation != 1:
             args["dilation"] = dilation if i == 0 else stage.dilation
         if self.network.drop_path:
             args["drop_path"] = self.network.drop_path * index / total
         return args
 
-    def _head(self, shape: Shape) -> tuple[Layer, ...]:
+    def _stage_classes(self) -> list[BlockClass] | None:
+        """The class of each stage's blocks, each class's form interpreted once."""
         net = self.network
-        layers = []
-        if self.preact:
-            layers.append(Layer("bn_final", "batchnorm", {"zero_init": False}, shape, shape,
-                                2 * shape[0], 0))  # fmt: skip
-            layers.append(Layer(None, "relu", {}, shape, shape, 0, 0))
-        pooled = (shape[0], 1, 1)
-        layers.append(Layer("avgpool", "global_avg_pool", {}, shape, pooled, 0, 0))
-        if net.head.dropout:
-            layers.append(Layer("dropout", "dropout", {"p": net.head.dropout}, pooled, pooled,
-                                0, 0))  # fmt: skip
-        classes = net.classes
-        layers.append(Layer("fc", "linear", {"channels": classes}, pooled, (classes, 1, 1),
-                            shape[0] * classes + classes, shape[0] * classes))  # fmt: skip
-        return tuple(layers)
-
-    # one block --------------------------------------------------------------------------------
-    def block(
-        self,
-        definition: FlatDef,
-        args: dict,
-        shape: Shape,
-        span: Span,
-        shortcut: str | None = None,
-        name: str | None = None,
-        context: str = "",
-    ) -> Block | None:
-        key = (definition.name, tuple(sorted(args.items())), shape, shortcut, name)
-        if key not in self.cache:
-            self.cache[key] = self._block(definition, args, shape, span, shortcut, name, context)
-        return self.cache[key]
-
-    def _block(self, definition, args, shape, span, shortcut, name, context) -> Block | None:
-        env = self._environment(definition, args, shape, span)
-        if env is None:
-            return None
-        walker = _Walker(self, definition, env, shape, span, shortcut, context=context)
-        items = walker.walk(definition.body)
-        if items is None:
-            return None
-        return Block(definition.name, walker.args, tuple(items), shape, walker.shape, name,
-                     shortcut)  # fmt: skip
-
-    def _environment(self, definition: FlatDef, args: dict, shape: Shape, span: Span):
-        unknown = sorted(set(args) - set(definition.param_names()))
-        if unknown:
-            self.report.error(
-                f"{definition.kind} `{definition.name}` has no parameter `{unknown[0]}`, which "
-                "the network sets",
-                span,
-                f"add `{unknown[0]} = ...` to its parameters, or change the network",
-            )
-            return None
-        env: dict[str, object] = {"inplanes": shape[0], "preact": self.preact}
-        for param in definition.params:
-            if param.name.text in args:
-                env[param.name.text] = args[param.name.text]
-            elif param.default is not None:
-                value = evaluate(param.default, env, self.report)
-                if value is None:
-                    return None
-                env[param.name.text] = value
-            else:
+        members: dict[tuple, list[tuple[ir.Stage, list[dict]]]] = {}
+        keys = []
+        dilation, index, total = 1, 0, sum(stage.blocks for stage in net.stages)
+        for stage in net.stages:
+            definition = self.definitions.blocks[stage.block.name]
+            generic = self.interpreter.generic(definition.name)
+            if generic is None:
+                return None
+            unknown = sorted(set(self._stage_args(stage, 0, dilation, 1, 1))
+                             - set(definition.param_names()))  # fmt: skip
+            if unknown == ["stride"] and stage.stride == 1:
                 self.report.error(
-                    f"{definition.kind} `{definition.name}` needs a value for `{param.name.text}`",
-                    span,
-                    f"give it: `, {param.name.text} VALUE`",
+                    f"block `{definition.name}` has no parameter `stride`, which a stage gives "
+                    "its first block",
+                    stage.span,
+                    f"add `stride = 1` to its parameters (`block {definition.name}(planes, "
+                    "stride = 1)`) and use it, as a stage with `, stride 2` would",
                 )
                 return None
-        return env
+            if unknown:
+                self.report.error(
+                    f"block `{definition.name}` has no parameter `{unknown[0]}`, which the "
+                    "network sets",
+                    stage.span,
+                    f"add `{unknown[0]} = ...` to its parameters, or change the network",
+                )
+                return None
+            plain = stage.shortcut == "none" or not any(
+                isinstance(n, AddNode) for n in walk(generic.nodes))  # fmt: skip
+            key = (definition.name, plain)
+            samples = [self._stage_args(stage, i, dilation, index + i + 1, total)
+                       for i in range(min(stage.blocks, 2))]  # fmt: skip
+            members.setdefault(key, []).append((stage, samples))
+            keys.append(key)
+            index += stage.blocks
+            dilation = stage.dilation
+        forced = {"planes", "stride"}
+        if any(stage.dilation != 1 for stage in net.stages):
+            forced.add("dilation")
+        if net.drop_path:
+            forced.add("drop_path")
+        for key, stages in members.items():
+            definition = self.definitions.blocks[key[0]]
+            samples = [args for _, arg_list in stages for args in arg_list]
+            stage = stages[0][0]
+            where = Where(self.report, stage.span, f"{stage.title}: ")
+            cls = self._class(definition, "stage", samples, forced, where, residual=not key[1])
+            if cls is None:
+                return None
+            cls.shortcuts = tuple(sorted({st.shortcut for st, _ in stages} - {"none"}))
+            self.classes[("stage", key)] = cls
+        return [self.classes[("stage", key)] for key in keys]
 
-    def shortcut(self, name, outplanes, stride, shape: Shape, span: Span, context: str = ""):
-        definition = self.definitions.shortcuts[name]
-        env = {"inplanes": shape[0], "preact": self.preact, "outplanes": outplanes,
-               "stride": stride}  # fmt: skip
-        walker = _Walker(self, definition, env, shape, span, None, numbered=True,
-                         context=context)  # fmt: skip
-        items = walker.walk(definition.body)
-        if items is None:
+    def _class(self, definition: FlatDef, role: str, samples: list[dict], forced: set[str],
+               where: Where, residual: bool = False) -> BlockClass | None:  # fmt: skip
+        """The class of `definition` whose blocks are given the arguments `samples`."""
+        variables, given = [], {}
+        for param in definition.params:
+            name = param.name.text
+            values = {_key(args.get(name, _MISSING)) for args in samples}
+            dynamic = any(isinstance(args.get(name), Var | Op) for args in samples)
+            if name in forced or dynamic or len(values) > 1:
+                variables.append(name)
+                given[name] = Var(name, _joined([type_of(args[name]) for args in samples
+                                                 if name in args] or ["any"]))  # fmt: skip
+            elif name in samples[0]:
+                given[name] = samples[0][name]
+        named = frozenset({"expansion"}) if role == "stage" else frozenset()
+        form = self.interpreter.run(definition, given, Var("inplanes", "int"), self.preact,
+                                    where, named)  # fmt: skip
+        if form is None or not self._printable(form, where, "block"):
             return None
-        layers = tuple(items)
-        if not layers:
-            return Add(None, shape)
-        return Add(Shortcut(name, layers, shape, walker.shape), walker.shape)
+        defined_residual = any(isinstance(n, AddNode) for n in walk(form.nodes))
+        name = self.class_names.take(class_name(definition.name, residual, defined_residual))
+        defaults = self.interpreter.defaults(definition)
+        for variable in variables:  # a float argument's default reads as one: 0.0
+            if variable in defaults and form.params[variable].type == "float":
+                defaults[variable] = float(defaults[variable])
+        return BlockClass(name, definition, role, residual and defined_residual, form, variables,
+                          _spelling(definition, form), defaults)  # fmt: skip
+
+    def _layer_classes(self, stage_classes: list[BlockClass]) -> bool:
+        """The classes of blocks used as layers. What varies between the calls of one decides its
+        constructor arguments, so a class is made once all of its callers have theirs."""
+        callers: dict[str, set[str]] = {}  # from the definitions' own forms: every possible call
+        reachable, todo = set(), [c.definition.name for c in stage_classes]
+        while todo:
+            name = todo.pop()
+            if name in reachable:
+                continue
+            reachable.add(name)
+            for call in self.interpreter.generic(name).calls:
+                callers.setdefault(call.definition, set()).add(name)
+                todo.append(call.definition)
+        sites: dict[str, list[CallNode]] = {}
+        done: set[str] = set()  # definitions whose layer class is made
+        made = list(dict.fromkeys(stage_classes))
+        while made:
+            for cls in made:
+                for call in cls.form.calls:
+                    sites.setdefault(call.definition, []).append(call)
+            made = []
+            for name in list(sites):
+                if name in done or any(c in callers and c not in done for c in callers[name]):
+                    continue
+                where = Where(self.report, self.network.stages[0].span,
+                              f"block `{name}` used as a layer: ")  # fmt: skip
+                cls = self._class(self.definitions.blocks[name], "layer",
+                                  [call.args for call in sites[name]], set(), where)  # fmt: skip
+                if cls is None:
+                    return False
+                self.classes[("layer", name)] = cls
+                done.add(name)
+                made.append(cls)
+        return True
+
+    def _shortcuts(self) -> bool:
+        for name in sorted({st.shortcut for st in self.network.stages} - {"none"}):
+            definition = self.definitions.shortcuts[name]
+            stage = next(st for st in self.network.stages if st.shortcut == name)
+            where = Where(self.report, stage.span, f"{stage.title}: ")
+            given = {"outplanes": Var("outplanes", "int"), "stride": Var("stride", "int")}
+            form = self.interpreter.run(definition, given, Var("inplanes", "int"), self.preact,
+                                        where)  # fmt: skip
+            if form is None or not self._printable(form, where, "shortcut"):
+                return False
+            self.shortcut_forms[name] = form
+        return True
+
+    def _printable(self, form: Form, where: Where, role: str) -> bool:
+        """An `if` on a value known per block only is code the printers can write in a shortcut
+        (around all of it, or between two layers); in a block, the classes differ instead."""
+        definition = form.definition
+        for node in walk(form.nodes):
+            if not isinstance(node, WhenNode):
+                continue
+            whole = role == "shortcut" and len(form.nodes) == 1 and not node.otherwise
+            single = role == "shortcut" and len(node.then) == 1 == len(node.otherwise) and all(
+                isinstance(n, LayerNode) for n in (*node.then, *node.otherwise))  # fmt: skip
+            if whole or single:
+                continue
+            condition = text(node.condition)
+            if role == "shortcut":
+                message = (
+                    f"shortcut `{definition.name}`: an `if` on `{condition}` ({place(node.source.span)}) "
+                    "must hold the whole shortcut, or choose between one layer and another"
+                )  # fmt: skip
+                hint = "use `identity` to hold a place (as shortcut D does)"
+            else:
+                message = (
+                    f"an `if` of {definition.kind} `{definition.name}` ({place(node.source.span)}) "
+                    f"depends on `{condition}`, which differs between its blocks"
+                )  # fmt: skip
+                hint = "write two blocks instead (or give the value per stage)"
+            self.report.error(f"{where.context}{message}", where.span, hint)
+            return False
+        return True
+
+    def _ordered_classes(self) -> tuple[BlockClass, ...]:
+        """Blocks used as layers first (deepest first), then the stages' classes."""
+        layers = [c for key, c in self.classes.items() if key[0] == "layer"]
+        return tuple(reversed(layers)) + tuple(
+            c for k, c in self.classes.items() if k[0] == "stage"
+        )
+
+    def _finish_classes(self, stages: list[Stage]) -> bool:
+        """What each class's blocks share: the stages' `expansion`, what a downsample reads."""
+        for cls in self.classes.values():
+            if cls.role != "stage":
+                continue
+            ratios = {block.out[0] / block.args["planes"] for block in cls.instances}
+            ratio = ratios.pop()
+            if ratios or not float(ratio).is_integer():
+                stage = next(s for s in stages if s.cls is cls)
+                self.report.error(
+                    f"block `{cls.definition.name}`: its output channels are not a fixed "
+                    "multiple of `planes` (torchvision's `expansion`), so its stages cannot be "
+                    "built in a loop",
+                    stage.ir.span,
+                    "give it `expansion = N` and N * planes output channels (docs/language.md, "
+                    '"Defining blocks")',
+                )
+                return False
+            cls.expansion = int(ratio)
+            if any(isinstance(v, Named) and v.value != cls.expansion
+                   for v in _values(cls.form)):  # fmt: skip
+                # `expansion` names another number than the class's: it is only a value here
+                given = {k: v.value if isinstance(v, Named) else v
+                         for k, v in cls.form.params.items()}  # fmt: skip
+                cls.form = self.interpreter.run(cls.definition, given, cls.form.inp, self.preact,
+                                                Where(self.report))  # fmt: skip
+            cls.reads = _reads(cls)
+        return True
+
+    # blocks -----------------------------------------------------------------------------------
+    def _depth_is_sane(self, stem: Block) -> bool:
+        """Refuse absurd depths (`--set n=10**9`) from each stage's first block, before building
+        every block."""
+        net = self.network
+        depth, size, shape, dilation = stem.depth + 1, stem.size, stem.out, 1
+        classes = [self.classes[("stage", key)] for key in self._stage_keys()]
+        for stage, cls in zip(net.stages, classes, strict=True):
+            args = self._stage_args(stage, 0, dilation, 1, 1)
+            args.pop("drop_path", None)
+            block = self._block(cls, args, shape, stage.shortcut, stage.span,
+                                f"{stage.title}, block 1: ")  # fmt: skip
+            if block is None:
+                return False
+            depth += stage.blocks * block.depth
+            size += stage.blocks * block.size
+            shape, dilation = block.out, stage.dilation
+        if depth > MAX_LAYERS:
+            self.report.error(
+                f"network `{net.name}` would have {depth:,} layers; resdsl refuses "
+                f"networks deeper than {MAX_LAYERS:,}",
+                net.span,
+                "check the block counts (and any --set values)",
+            )
+            return False
+        if size > MAX_ALL_LAYERS:
+            self.too_many(size)
+            return False
+        return True
+
+    def _stage_keys(self) -> list[tuple]:
+        keys = []
+        for stage in self.network.stages:
+            definition = self.definitions.blocks[stage.block.name]
+            generic = self.interpreter.generic(definition.name)
+            plain = stage.shortcut == "none" or not any(
+                isinstance(n, AddNode) for n in walk(generic.nodes))  # fmt: skip
+            keys.append((definition.name, plain))
+        return keys
+
+    def _stage_block(self, stage, cls, i, dilation, index, total, shape) -> Block | None:
+        args = self._stage_args(stage, i, dilation, index, total)
+        block = self._block(cls, args, shape, stage.shortcut, stage.span,
+                            f"{stage.title}, block {i + 1}: ")  # fmt: skip
+        if block is not None:
+            cls.instances.append(block)
+        return block
+
+    def _block(self, cls: BlockClass, given: dict, shape: Shape, shortcut: str | None,
+               span: Span, context: str) -> Block | None:  # fmt: skip
+        """A block of `cls` for the arguments `given` (the others take their defaults)."""
+        where = Where(self.report, span, context)
+        env = self.interpreter.bind(cls.definition, given, shape[0], self.preact, where)
+        if env is None:
+            return None
+        values = {name: env[name] for name in cls.variables}
+        args = {p.name.text: constant(env[p.name.text]) for p in cls.definition.params}
+        return self.instantiate(cls.form, values, shape, shortcut, span, context, args,
+                                name=None)  # fmt: skip
+
+    def instantiate(self, form: Form, values: dict, shape: Shape, shortcut: str | None,
+                    span: Span, context: str, args: dict | None = None,
+                    name: str | None = None) -> Block | None:  # fmt: skip
+        """The concrete block of `form` once its constructor arguments have `values`."""
+        key = (id(form), tuple(sorted(values.items())), shape, shortcut, name)
+        if key not in self.cache:
+            built = _Build(self, form, span, context, shape, shortcut)
+            items = built.run(values)
+            block = None
+            if items is not None:
+                if args is None:
+                    args = {k: constant(v) for k, v in form.params.items()}
+                block = Block(form.definition.name, args, tuple(items), shape, built.shape, name,
+                              shortcut, built.size)  # fmt: skip
+            self.cache[key] = block
+        return self.cache[key]
+
+    def worked(self) -> bool:
+        """One more layer built: building stops past MAX_ALL_LAYERS."""
+        self.work += 1
+        if self.work > MAX_ALL_LAYERS:
+            if self.work == MAX_ALL_LAYERS + 1:
+                self.too_many(self.work)
+            return False
+        return True
+
+    def too_many(self, size: int) -> None:
+        self.report.error(
+            f"network `{self.network.name}` would have more than {MAX_ALL_LAYERS:,} layers, "
+            "counting those of blocks used as layers",
+            self.network.span,
+            "check how many times each block uses another",
+        )
+
+    def _head(self, shape: Shape, stem_form: Form) -> tuple[tuple[LayerNode, ...], tuple]:
+        """The head, from kinds like every layer: [BN, ReLU], the pool, [dropout], the fc."""
+        net = self.network
+        features = shape[0]
+        stem_relu = next((n.attr for n in stem_form.nodes if isinstance(n, LayerNode)
+                          and n.kind == "relu" and not n.labelled), None)  # fmt: skip
+        taken = {n.attr for n in stem_form.nodes if isinstance(n, LayerNode | GroupNode)}
+        nodes = []
+        if self.preact:
+            nodes.append(("bn_final", "batchnorm", {"zero_init": False}, features))
+            nodes.append((stem_relu or Namespace(taken).take("relu"), "relu", {}, features))
+        nodes.append(("avgpool", "global_avg_pool", {}, features))
+        if net.head.dropout:
+            nodes.append(("dropout", "dropout", {"p": net.head.dropout}, features))
+        nodes.append(("fc", "linear", {"channels": net.classes}, net.classes))
+        form, layers, channels = [], [], features
+        for attr, kind_name, args, out in nodes:
+            kind = KINDS[kind_name]
+            form.append(LayerNode(attr, kind_name, args, channels, out, True, None))
+            new = kind.shape(args, shape)
+            layers.append(Layer(attr if kind.weighted or attr != "relu" else None, kind_name,
+                                args, shape, new, kind.params(args, shape, new),
+                                kind.macs(args, shape, new)))  # fmt: skip
+            shape, channels = new, out
+        return tuple(form), tuple(layers)
 
 
-class _Walker:
-    """Runs a definition's statements for one set of arguments."""
+class _Build:
+    """One block built from its form: values substituted, layers checked and measured."""
 
-    def __init__(self, lowering, definition, env, shape, span, shortcut, numbered=False,
-                 context=""):  # fmt: skip
-        self.lowering, self.definition, self.env = lowering, definition, env
-        self.context = context
+    def __init__(self, lowering: Lowering, form: Form, span: Span, context: str, shape: Shape,
+                 shortcut: str | None):  # fmt: skip
+        self.lowering, self.form, self.span, self.context = lowering, form, span, context
         self.report = lowering.report
-        self.input, self.shape, self.span = shape, shape, span
-        self.shortcut_name, self.numbered = shortcut, numbered
+        self.input = self.shape = shape
+        self.shortcut = shortcut
+        self.size = 0  # layers, those of blocks used as layers and of shortcuts included
         self.failed = False
-        self.args = {p.name.text: env[p.name.text] for p in definition.params}
-        self.names: set[str] = set()
 
-    def error(self, message: str, hint: str | None = None, at: s.Layer | None = None) -> None:
-        """Reported at the statement that chose this definition (a stage, the stem), naming
-        the definition, the layer and where it is written."""
-        where = f"{self.definition.kind} `{self.definition.name}`"
+    def error(self, message: str, hint: str | None = None, at=None) -> None:
+        definition = self.form.definition
+        where = f"{definition.kind} `{definition.name}`"
         if at is not None:
             label = f" `{at.label.text}`" if getattr(at, "label", None) else ""
-            where += f", {at.kind.text}{label} ({_place(at.span)})"
+            kind = at.kind.text if hasattr(at, "kind") else type(at).__name__.lower()
+            where += f", {kind}{label} ({place(at.span)})"
         self.report.error(f"{self.context}{where}: {message}", self.span, hint)
         self.failed = True
 
-    def walk(self, body) -> list | None:
+    def value(self, value, env: dict, at=None):
+        try:
+            return concrete(value, env)
+        except EvalError as problem:
+            self.error(problem.message, problem.hint, at)
+            return None
+
+    def run(self, values: dict) -> list | None:
+        env = dict(values)
+        env.setdefault("inplanes", self.input[0])
         items: list = []
-        for statement in body:
-            self.statement(statement, items)
+        self.nodes(self.form.nodes, env, items)
+        if not self.failed and self.size > MAX_ALL_LAYERS:
+            self.lowering.too_many(self.size)
+            self.failed = True
+        return None if self.failed else items
+
+    def nodes(self, nodes, env: dict, items: list) -> None:
+        for node in nodes:
+            if self.failed:
+                return
+            if isinstance(node, LetNode):
+                env[node.name] = self.value(node.value, env, node.source)
+            elif isinstance(node, CheckNode):
+                if self.value(node.condition, env, node.source) is False:
+                    self.error(node.message, at=node.source)
+            elif isinstance(node, WhenNode):
+                taken = self.value(node.condition, env, node.source)
+                self.nodes(node.then if taken else node.otherwise, env, items)
+            elif isinstance(node, LayerNode):
+                layer = self.layer(node, env)
+                if layer is not None:
+                    items.append(layer)
+            elif isinstance(node, GroupNode):
+                inner: list = []
+                start = self.shape
+                self.nodes(node.nodes, env, inner)
+                items.append(Group(node.attr, tuple(inner), start, self.shape))
+            elif isinstance(node, CallNode):
+                self.call(node, env, items)
+            elif isinstance(node, BranchNode):
+                if self.shortcut != "none":
+                    items.append(Branch())
+            elif isinstance(node, AddNode):
+                self.add(env, items)
+
+    def layer(self, node: LayerNode, env: dict) -> Layer | None:
+        kind = KINDS[node.kind]
+        args = {}
+        for name, value in node.args.items():
+            if name == "kernel":
+                value = tuple(self.value(v, env, node.source) for v in value)
+            else:
+                value = self.value(value, env, node.source)
             if self.failed:
                 return None
-        return items
-
-    def statement(self, st, items: list) -> None:
-        if isinstance(st, s.Let):
-            value = evaluate(st.value, self.env, self.report)
-            if value is None:
-                self.failed = True
-            else:
-                self.env[st.name.text] = value
-        elif isinstance(st, s.If):
-            condition = evaluate(st.condition, self.env, self.report)
-            if condition is None:
-                self.failed = True
-            elif not isinstance(condition, bool):
-                self.error("an `if` needs a condition (a comparison)", at=None)
-            else:
-                for inner in st.then if condition else (st.otherwise or ()):
-                    self.statement(inner, items)
-        elif isinstance(st, s.Layer | s.Group) and st.label is not None and not self._unique(st):
-            return
-        elif isinstance(st, s.Layer):
-            item = self.layer(st, None if self.numbered else st.label)
-            if item is not None:
-                items.append(item)
-        elif isinstance(st, s.Group):
-            inner = _Walker(self.lowering, self.definition, self.env, self.shape, self.span,
-                            None, numbered=True, context=self.context)  # fmt: skip
-            layers = inner.walk(st.body)
-            if layers is None:
-                self.failed = True
-                return
-            items.append(Group(st.label.text, tuple(layers), self.shape, inner.shape))
-            self.shape = inner.shape
-        elif isinstance(st, s.Check):
-            condition = evaluate(st.condition, self.env, self.report)
-            if condition is None:
-                self.failed = True
-            elif condition is not True:
-                self.error(st.message.value, at=None)
-        elif isinstance(st, s.Branch):
-            if self.shortcut_name != "none":
-                items.append(Branch())
-        elif isinstance(st, s.Add):
-            self.add(items)
-
-    def _unique(self, st) -> bool:
-        """A name is used once in a block: it is an attribute and a state_dict key."""
-        if st.label.text in self.names or st.label.text in ("downsample", "expansion"):
-            self.error(
-                f"two layers are named `{st.label.text}`"
-                if st.label.text in self.names
-                else f"`{st.label.text}` is a name the block keeps for itself",
-                "give each layer its own name",
-                at=st if isinstance(st, s.Layer) else None,
-            )
-            return False
-        self.names.add(st.label.text)
-        return True
-
-    def add(self, items: list) -> None:
-        name = self.shortcut_name
-        if name is None:
-            self.error("the network gives no `shortcut` for this block's `add shortcut`")
-            return
-        if name == "none":
-            return
-        stride = self.env.get("stride", 1)
-        add = self.lowering.shortcut(
-            name, self.shape[0], stride, self.input, self.span, self.context
-        )
-        if add is None:
-            self.failed = True
-            return
-        if add.out != self.shape:
-            got = "x".join(map(str, add.out))
-            want = "x".join(map(str, self.shape))
-            self.error(
-                f"shortcut {name} gives {got}, but the main branch gives {want}",
-                "the shortcut must match the branch's channels and size: choose a shortcut "
-                "that projects (B, C, D) or change the block",
-            )
-            return
-        items.append(add)
-
-    def layer(self, st: s.Layer, label: s.Word | None):
-        kind_name = st.kind.text
-        block_def = self.lowering.definitions.blocks.get(kind_name)
-        if block_def is not None:
-            return self.sub_block(st, block_def)
-        kind = KINDS.get(kind_name)
-        if kind is None:
-            self.report.error(
-                f"unknown layer `{kind_name}`",
-                st.kind.span,
-                self.lowering.definitions.layer_hint(kind_name),
-            )
-            self.failed = True
-            return None
-        args = self.read_args(st, kind)
-        if args is None:
-            return None
-        if kind.vanishes_at_zero and not args[kind.vanishes_at_zero]:
-            return None
-        if kind.weighted and label is None and not self.numbered:
-            self.error(
-                f"this {kind_name} has weights, so it needs a name",
-                f"write `NAME: {kind_name} ...`; names become attributes and state_dict keys",
-                st,
-            )
-            return None
-        try:
-            out = kind.shape(args, self.shape)
-        except LayerError as error:
-            self.error(error.message, error.hint, st)
-            return None
-        if kind_name == "multiply" and (out[0] != self.input[0]):
-            self.error(
-                f"`multiply` needs {self.input[0]} channels (the block's input), got {out[0]}",
-                at=st,
-            )
-            return None
-        if kind_name == "multiply":
-            out = self.input
-        inp, self.shape = self.shape, out
-        name = label.text if label is not None else None
-        return Layer(name, kind_name, args, inp, out, kind.params(args, inp, out),
-                     kind.macs(args, inp, out), st)  # fmt: skip
-
-    def sub_block(self, st: s.Layer, definition: FlatDef):
-        if st.label is None:
-            self.error(f"a block used as a layer needs a name: `NAME: {st.kind.text} ...`", at=st)
-            return None
-        if st.kernel is not None or st.arg is not None:
-            self.error(f"`{st.kind.text}` takes its arguments as options: `, name value`", at=st)
-            return None
-        known = {p.name.text for p in definition.params}
-        args = {}
-        for option in st.options:
-            if option.name.text not in known:
-                self.report.error(
-                    f"unknown option `{option.name.text}` for block `{definition.name}`",
-                    option.name.span,
-                    f"its parameters: {', '.join(sorted(known)) or '(none)'}",
-                )
-                self.failed = True
-                continue
-            value = evaluate(option.value, self.env, self.report) if option.value else True
-            if value is None:
-                self.failed = True
-                continue
-            args[option.name.text] = value
-        if self.failed:
-            return None
-        block = self.lowering.block(
-            definition, args, self.shape, self.span, None, st.label.text, self.context
-        )
-        if block is None:
-            self.failed = True
-            return None
-        self.shape = block.out
-        return block
-
-    def read_args(self, st: s.Layer, kind) -> dict | None:
-        raw: dict[str, object] = {}
-        if st.kernel is not None:
-            if not kind.kernel:
-                self.error(f"`{kind.name}` takes no kernel size", at=st)
-                return None
-            raw["kernel"] = st.kernel.values
-        if st.arg is not None:
-            value = evaluate(st.arg, self.env, self.report)
-            if value is None:
-                self.failed = True
-                return None
-            if kind.kernel and "kernel" not in raw:
-                raw["kernel"] = (value, value) if isinstance(value, int) else value
-            elif kind.positional is not None:
-                raw[kind.positional] = value
-            else:
-                self.error(f"`{kind.name}` takes no value", at=st)
-                return None
-        if kind.kernel and "kernel" not in raw:
-            self.error(f"`{kind.name}` needs a kernel size, e.g. `{kind.name} 3x3`", at=st)
-            return None
-        for option in st.options:
-            name = option.name.text
-            spec = kind.options.get(name)
-            if spec is None or name == kind.positional:
-                allowed = [n for n in kind.options if n != kind.positional]
-                self.report.error(
-                    f"unknown option `{name}` for `{kind.name}`",
-                    option.name.span,
-                    f"options of `{kind.name}`: {', '.join(allowed)}"
-                    if allowed
-                    else f"`{kind.name}` takes no options",
-                )
-                self.failed = True
-                continue
-            if spec.kind == "flag":
-                if option.value is None:
-                    raw[name] = True
-                    continue
-            elif option.value is None:
-                self.report.error(f"`{name}` needs a value", option.span)
-                self.failed = True
-                continue
-            value = evaluate(option.value, self.env, self.report)
-            if value is None:
-                self.failed = True
-                continue
-            raw[name] = value
-        if self.failed:
-            return None
-        for name, value in raw.items():
-            problem = _check(kind, name, value)
+            problem = argument_problem(kind, name, value)
             if problem:
                 hint = (
                     "its channels come from the block's arguments: raise the stage width (or the "
                     "option that divides it)" if name == "channels" else None
                 )  # fmt: skip
-                self.error(problem, hint, at=st)
+                self.error(problem, hint, node.source)
                 return None
-        missing = [n for n, o in kind.options.items() if o.default is None and n not in raw
-                   and o.kind != "count" and not (o.kind == "whole" and n in ("stride",))]  # fmt: skip
-        if missing:
-            self.error(f"`{kind.name}` needs {missing[0]}", at=st)
+            args[name] = value
+        if vanishes(kind, args):
             return None
-        return complete(kind, raw)
+        if kind.gate and (self.shape[0] != self.input[0] or self.shape[1:] not in (
+                (1, 1), self.input[1:])):  # fmt: skip
+            got, want = _shape(self.shape), _shape(self.input)
+            self.error(
+                f"`{node.kind}` multiplies the block's input ({want}) by {got}",
+                "a gate keeps the input's channels, and its size or 1x1",
+                node.source,
+            )
+            return None
+        try:
+            out = self.input if kind.gate else kind.shape(args, self.shape)
+        except LayerError as problem:
+            self.error(problem.message, problem.hint, node.source)
+            return None
+        if not self.lowering.worked():
+            self.failed = True
+            return None
+        self.size += 1
+        inp, self.shape = self.shape, out
+        return Layer(node.attr if node.labelled else None, node.kind, args, inp, out,
+                     kind.params(args, inp, out), kind.macs(args, inp, out), node.source)  # fmt: skip
+
+    def call(self, node: CallNode, env: dict, items: list) -> None:
+        lowering = self.lowering
+        cls = lowering.classes[("layer", node.definition)]
+        given = {name: self.value(value, env, node.source) for name, value in node.args.items()}
+        if self.failed:
+            return
+        where = Where(self.report, self.span, self.context)
+        bound = lowering.interpreter.bind(cls.definition, given, self.shape[0], lowering.preact,
+                                          where)  # fmt: skip
+        if bound is None:
+            self.failed = True
+            return
+        values = {v: constant(bound[v]) for v in cls.variables}
+        args = {p.name.text: constant(bound[p.name.text]) for p in cls.definition.params}
+        block = lowering.instantiate(cls.form, values, self.shape, None, self.span, self.context,
+                                     args, node.attr)  # fmt: skip
+        if block is None:
+            self.failed = True
+            return
+        if block not in cls.instances:
+            cls.instances.append(block)
+        self.size += block.size
+        items.append(block)
+        self.shape = block.out
+
+    def add(self, env: dict, items: list) -> None:
+        name = self.shortcut
+        if name is None:
+            self.error("the network gives no `shortcut` for this block's `add shortcut`")
+            return
+        if name == "none":
+            return
+        form = self.lowering.shortcut_forms[name]
+        stride = self.value(self.form.params.get("stride", 1), env)
+        values = {"inplanes": self.input[0], "outplanes": self.shape[0], "stride": stride}
+        built = _Build(self.lowering, form, self.span, self.context, self.input, None)
+        layers = built.run(values)
+        if layers is None:
+            self.failed = True
+            return
+        self.size += built.size
+        if built.shape != self.shape:
+            self.error(
+                f"shortcut {name} gives {_shape(built.shape)}, but the main branch gives "
+                f"{_shape(self.shape)}",
+                "the shortcut must match the branch's channels and size: choose a shortcut "
+                "that projects (B, C, D) or change the block",
+            )
+            return
+        shortcut = Shortcut(name, tuple(layers), self.input, built.shape) if layers else None
+        items.append(Add(shortcut, built.shape))
 
 
-def _check(kind, name: str, value) -> str | None:
-    """Why `value` does not fit argument `name` of `kind` (None when it does)."""
-    if name == "kernel":
-        ok = isinstance(value, tuple) and all(isinstance(v, int) and v >= 1 for v in value)
-        return None if ok else f"{kind.name}'s kernel must be a positive size, got {value}"
-    spec = kind.options[name]
-    if spec.kind in ("whole", "count"):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        low = 0 if spec.kind == "count" else 1
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            what = "a whole number >= 0" if low == 0 else "a positive whole number"
-            return f"{kind.name}'s {name} must be {what}, got {_show(value)}"
-    elif spec.kind == "probability":
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
-            return f"{kind.name}'s {name} must be in [0, 1), got {_show(value)}"
-    elif spec.kind == "flag":
-        if not isinstance(value, bool):
-            return f"`{name}` is a flag: write `, {name}` alone"
-    elif spec.kind == "word":
-        if not isinstance(value, Sym) or value not in spec.choices:
-            return f"{kind.name}'s {name} must be one of: {', '.join(spec.choices)}"
-    return None
+def class_name(definition: str, residual: bool, defined_residual: bool) -> str:
+    words = "".join(part.capitalize() for part in definition.split("_"))
+    if not words.endswith(("Block", "neck")):
+        words += "Block"
+    return words if residual or not defined_residual else "Plain" + words
 
 
-def _place(span: Span) -> str:
-    path = "the prelude" if span.path.endswith("prelude.res") else span.path
-    return f"{path}, line {span.line}"
+def _spelling(definition: FlatDef, form: Form) -> dict[str, str]:
+    """Python names for the parameters and values of a definition: its own where free."""
+    own = [p.name.text for p in definition.params] + list(form.lets)
+    taken = set(PRINTER_NAMES) | set(own)
+    spelling = {}
+    for name in own:
+        if name in PRINTER_NAMES:
+            candidate = name + "_"
+            while candidate in taken:
+                candidate += "_"
+            taken.add(candidate)
+            spelling[name] = candidate
+        else:
+            spelling[name] = name
+    return spelling
 
 
-def _show(value) -> str:
-    if isinstance(value, tuple):
-        return "x".join(map(str, value))
-    return str(value)
+def _values(form: Form):
+    yield from form.params.values()
+    for node in walk(form.nodes):
+        if isinstance(node, LayerNode | CallNode):
+            yield from node.args.values()
+            yield node.out
+
+
+def _reads(cls: BlockClass) -> str:
+    """What a class's downsample reads: `x` (the block's input), `branch` (the main branch at
+    `branch`), or `mixed` (projections read the branch, option A's padding the input)."""
+    has_branch = any(isinstance(item, Branch) for b in cls.instances for item in b.items)
+    if not has_branch:
+        return "x"
+    kinds = {
+        add.shortcut.projects
+        for block in cls.instances
+        for add in block.items
+        if isinstance(add, Add) and add.shortcut is not None
+    }
+    if kinds == {False}:
+        return "x"
+    return "branch" if kinds == {True} else "mixed"
+
+
+def _key(value):
+    return (type(value).__name__, value)
+
+
+def _joined(types: list[str]) -> str:
+    kinds = set(types)
+    if len(kinds) == 1:
+        return kinds.pop()
+    return "float" if kinds <= {"int", "float"} else "any"
+
+
+def _shape(shape: Shape) -> str:
+    return "x".join(map(str, shape))
 
 
 def lower(network: ir.Network, definitions: Definitions, report: Report) -> Lowered | None:

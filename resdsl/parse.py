@@ -290,9 +290,10 @@ def _end_of(node) -> tuple[int, int]:
 class _ToSyntax(Transformer):
     """Lark tree -> `syntax` nodes. Statement spans end at their last written token."""
 
-    def __init__(self, path: str, report: Report):
+    def __init__(self, path: str, report: Report, text: str = ""):
         super().__init__()
         self.path, self.report = path, report
+        self.lines = text.split("\n")
 
     def _stmt_span(self, meta, children) -> Span:
         start = _span(self.path, meta)
@@ -521,7 +522,8 @@ class _ToSyntax(Transformer):
             extends = next((c for c in rest if isinstance(c, s.Word)), None)
             body = next(c for c in rest if isinstance(c, list))
             span = self._header_span(meta, name)
-            return s.Definition(kind, self._word(name), params, extends, tuple(body), span)
+            return s.Definition(kind, self._word(name), params, extends, tuple(body), span,
+                                self._comment_above(meta.line))  # fmt: skip
 
         return build
 
@@ -561,6 +563,16 @@ class _ToSyntax(Transformer):
         if last is None:
             head = Span(self.path, span.line, span.column, span.line, span.column + len("train"))
         return s.TrainDecl(recipe, body, head)
+
+    def _comment_above(self, line: int) -> str:
+        """The comment lines right above line `line`, without their `#`: a definition's doc."""
+        found = []
+        for text in reversed(self.lines[: line - 1]):
+            stripped = text.strip()
+            if not stripped.startswith("#"):
+                break
+            found.append(stripped.lstrip("#").strip())
+        return " ".join(reversed(found))
 
     def _header_span(self, meta, name: Token) -> Span:
         """`network NAME`: the part of a declaration that a message points at."""
@@ -622,5 +634,5 @@ def parse_text(text: str, path: str, report: Report) -> s.SpecFile | None:
         return None
     if len(report.diagnostics) > before or not isinstance(tree, Tree):
         return None
-    spec = _ToSyntax(path, report).transform(tree)
+    spec = _ToSyntax(path, report, text).transform(tree)
     return None if len(report.diagnostics) > before else spec

@@ -230,6 +230,7 @@ class Definition(NamedTuple):
     extends: Word | None
     body: tuple
     span: Span  # the header: `block NAME`
+    doc: str = ""  # the comment right above it
 
 
 @dataclass

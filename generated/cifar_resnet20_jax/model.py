@@ -3,12 +3,12 @@
 #   resdsl compile specs/cifar/resnet20.res --backend jax
 """resnet20: a 20-layer residual network for 3x32x32 images and 10 classes (Flax linen).
 
-Stem (cifar): 3x3 conv (16), BN, ReLU.
+Stem (cifar): 3x3 conv 16, BN, ReLU.
 Stages:
     layer1 (stage1): 3 x BasicBlock(16) -> 16x32x32
     layer2 (stage2): 3 x BasicBlock(32), stride 2 -> 32x16x16
     layer3 (stage3): 3 x BasicBlock(64), stride 2 -> 64x8x8
-Shortcuts: option A: identity, subsampled and zero-padded where the shape changes.
+Shortcuts: option A: the identity, subsampled and zero-padded where the shape changes.
 Head: global average pool, 10-way fully connected.
 269,722 parameters, 40,551,040 multiply-adds (40.6 M).
 
@@ -97,7 +97,7 @@ class ResNet(nn.Module):
         # PyTorch's BatchNorm2d(momentum=0.1, eps=1e-05); Flax's momentum is 1 - PyTorch's
         norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-05)
 
-        # stem: 3x3 conv (16), BN, ReLU
+        # stem: 3x3 conv 16, BN, ReLU
         x = conv3x3(16, name="conv1")(x)
         x = norm(name="bn1")(x)
         x = nn.relu(x)

@@ -3,12 +3,12 @@
 #   resdsl compile specs/fashion-mnist/resnet20.res --backend torch
 """resnet20: a 20-layer residual network for 1x32x32 images and 10 classes.
 
-Stem (cifar): 3x3 conv (16), BN, ReLU.
+Stem (cifar): 3x3 conv 16, BN, ReLU.
 Stages:
     layer1 (stage1): 3 x BasicBlock(16) -> 16x32x32
     layer2 (stage2): 3 x BasicBlock(32), stride 2 -> 32x16x16
     layer3 (stage3): 3 x BasicBlock(64), stride 2 -> 64x8x8
-Shortcuts: option A: identity, subsampled and zero-padded where the shape changes.
+Shortcuts: option A: the identity, subsampled and zero-padded where the shape changes.
 Head: global average pool, 10-way fully connected.
 269,434 parameters, 40,256,128 multiply-adds (40.3 M).
 """
@@ -76,7 +76,7 @@ class ResNet(nn.Module):
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
         self.inplanes = 16
-        # stem: 3x3 conv (16), BN, ReLU
+        # stem: 3x3 conv 16, BN, ReLU
         self.conv1 = conv3x3(1, 16)
         self.bn1 = nn.BatchNorm2d(16)
         self.relu = nn.ReLU(inplace=True)
@@ -103,7 +103,7 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def _downsample(self, outplanes: int, stride: int) -> nn.Module | None:
-        """Option A: subsampled and zero-padded where the shape changes; else None (identity)."""
+        """Option A: the identity, subsampled and zero-padded where the shape changes."""
         if stride == 1 and self.inplanes == outplanes:
             return None
         return ZeroPadShortcut(outplanes - self.inplanes, stride)

@@ -3,13 +3,13 @@
 #   resdsl compile specs/resnet50.res --backend torch
 """resnet50: a 50-layer residual network for 3x224x224 images and 1000 classes.
 
-Stem (imagenet): 7x7/2 conv (64), BN, ReLU, 3x3/2 max pool.
+Stem (imagenet): 7x7/2 conv 64, BN, ReLU, 3x3/2 max pool.
 Stages:
     layer1 (conv2_x): 3 x Bottleneck(64) -> 256x56x56
     layer2 (conv3_x): 4 x Bottleneck(128), stride 2 -> 512x28x28
     layer3 (conv4_x): 6 x Bottleneck(256), stride 2 -> 1024x14x14
     layer4 (conv5_x): 3 x Bottleneck(512), stride 2 -> 2048x7x7
-Shortcuts: option B: a 1x1 projection where the shape changes, identity elsewhere.
+Shortcuts: option B: a 1x1 projection where the shape changes, the identity elsewhere.
 Head: global average pool, 1000-way fully connected.
 25,557,032 parameters, 3,857,973,248 multiply-adds (3.86 G).
 """
@@ -77,7 +77,7 @@ class ResNet(nn.Module):
     def __init__(self, num_classes: int = 1000) -> None:
         super().__init__()
         self.inplanes = 64
-        # stem: 7x7/2 conv (64), BN, ReLU, 3x3/2 max pool
+        # stem: 7x7/2 conv 64, BN, ReLU, 3x3/2 max pool
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
@@ -106,7 +106,7 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def _downsample(self, outplanes: int, stride: int) -> nn.Module | None:
-        """Option B: a 1x1 projection where the shape changes; else None (identity)."""
+        """Option B: a 1x1 projection where the shape changes, the identity elsewhere."""
         if stride == 1 and self.inplanes == outplanes:
             return None
         return nn.Sequential(conv1x1(self.inplanes, outplanes, stride), nn.BatchNorm2d(outplanes))

@@ -3,13 +3,13 @@
 #   resdsl compile specs/torchvision/resnet50.res --backend jax
 """resnet50: a 50-layer residual network for 3x224x224 images and 1000 classes (Flax linen).
 
-Stem (imagenet): 7x7/2 conv (64), BN, ReLU, 3x3/2 max pool.
+Stem (imagenet): 7x7/2 conv 64, BN, ReLU, 3x3/2 max pool.
 Stages:
     layer1 (conv2_x): 3 x Bottleneck(64) -> 256x56x56
     layer2 (conv3_x): 4 x Bottleneck(128), stride 2 -> 512x28x28
     layer3 (conv4_x): 6 x Bottleneck(256), stride 2 -> 1024x14x14
     layer4 (conv5_x): 3 x Bottleneck(512), stride 2 -> 2048x7x7
-Shortcuts: option B: a 1x1 projection where the shape changes, identity elsewhere.
+Shortcuts: option B: a 1x1 projection where the shape changes, the identity elsewhere.
 Head: global average pool, 1000-way fully connected.
 25,557,032 parameters, 4,089,184,256 multiply-adds (4.09 G).
 
@@ -113,7 +113,7 @@ class ResNet(nn.Module):
         # PyTorch's BatchNorm2d(momentum=0.1, eps=1e-05); Flax's momentum is 1 - PyTorch's
         norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-05)
 
-        # stem: 7x7/2 conv (64), BN, ReLU, 3x3/2 max pool
+        # stem: 7x7/2 conv 64, BN, ReLU, 3x3/2 max pool
         x = nn.Conv(
             64,
             (7, 7),

@@ -13,7 +13,7 @@ def render(
 ) -> dict[str, str]:
     """`header` opens every Python file; `command` regenerates the package into `package`."""
     if backend == "torch":
-        from .torch_backend import render_package
+        from .torch import render_package
     else:
-        from .jax_backend import render_package
+        from .jax import render_package
     return render_package(spec, analysis, header=header, command=command, package=package)

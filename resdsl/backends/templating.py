@@ -216,3 +216,38 @@ def recipe_lines(spec: ir.Spec) -> list[str]:
     return [
         wrapped for line in lines for wrapped in textwrap.wrap(line, 96, subsequent_indent="  ")
     ]
+
+
+def train_context(spec: ir.Spec) -> dict:
+    train = spec.train
+    data = data_context(spec)
+    data["loader_class"] = "FolderData" if data["folder"] else "ArrayData"
+    return {
+        "train": train,
+        "data": data,
+        "schedule": train.schedule,
+        "warmup": train.warmup,
+        "eval_names": [protocol.op for protocol in train.eval],
+        "protocol_functions": sorted(
+            {p.op for p in train.eval} | ({"single_view"} if train.validate_every else set())
+        ),
+        "recipe_lines": recipe_lines(spec),
+        "schedule_doc": schedule_doc(train),
+    }
+
+
+def schedule_doc(train: ir.Train) -> str:
+    schedule, unit = train.schedule, train.length.unit
+    if isinstance(schedule, ir.MultiStep):
+        text = f"LR, times {schedule.factor:g} at each milestone"
+    elif isinstance(schedule, ir.Plateau):
+        text = f"LR, times {schedule.factor:g} when the validation error plateaus"
+    else:
+        text = "LR throughout"
+    if isinstance(train.warmup, ir.WarmupUntil):
+        text = (
+            f"WARMUP_LR until the training error is below {train.warmup.train_error:g}, then {text}"
+        )
+    elif isinstance(train.warmup, ir.WarmupFor):
+        text = f"WARMUP_LR for the first {train.warmup.length} {unit}, then {text}"
+    return text

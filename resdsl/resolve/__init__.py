@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import stat
+from collections import deque
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -17,6 +18,7 @@ from .. import ir, prelude_cache
 from .. import syntax as s
 from ..definitions import PRELUDE, Definitions, collect
 from ..diagnostics import Report, Span, did_you_mean, display_path, remember_source
+from ..interpret import Interpreter
 from ..limits import MAX_MAGNITUDE, MAX_SPEC_BYTES
 from ..parse import parse_text
 from .network import NetworkReader
@@ -194,28 +196,36 @@ class Loader:
         overrides = self._parse_sets(sets, list(latest))
         env: dict[str, Number] = {}
         failed: set[str] = set()
-        pending = list(latest)
-        while pending:
-            ready = [n for n in pending if _uses(latest[n].value) <= set(env) | failed |
-                     (_uses(latest[n].value) - set(latest))]  # fmt: skip
-            if not ready:
-                names = ", ".join(f"`{name}`" for name in pending)
-                self.report.error(
-                    f"parameters {names} refer to each other in a cycle",
-                    latest[pending[0]].span,
-                    "give one of them a value that does not depend on the others",
-                )
-                break
-            for name in ready:
-                pending.remove(name)
-                if _uses(latest[name].value) & failed:
-                    failed.add(name)  # its own problem was reported already
-                    continue
+        # in an order where each comes after what it uses (linear in the declarations)
+        uses = {name: _uses(decl.value) & latest.keys() for name, decl in latest.items()}
+        users: dict[str, list[str]] = {name: [] for name in latest}
+        for name, used in uses.items():
+            for other in used:
+                users[other].append(name)
+        waiting = {name: len(used) for name, used in uses.items()}
+        ready = deque(name for name in latest if not waiting[name])
+        while ready:
+            name = ready.popleft()
+            if uses[name] & failed:
+                failed.add(name)  # its own problem was reported already
+            else:
                 value = self._param_value(name, latest[name], first[name], env, overrides)
                 if value is None:
                     failed.add(name)
                 else:
                     env[name] = value
+            for user in users[name]:
+                waiting[user] -= 1
+                if not waiting[user]:
+                    ready.append(user)
+        pending = [name for name in latest if name not in env and name not in failed]
+        if pending:
+            names = ", ".join(f"`{name}`" for name in pending)
+            self.report.error(
+                f"parameters {names} refer to each other in a cycle",
+                latest[pending[0]].span,
+                "give one of them a value that does not depend on the others",
+            )
         return env
 
     def _param_value(self, name, decl, first, env, overrides) -> Number | None:
@@ -346,18 +356,29 @@ class Loader:
 
     # the whole spec ---------------------------------------------------------------------------
     def definitions(self, files: list[s.SpecFile]) -> Definitions:
-        """The prelude's definitions and those of every file of the chain."""
+        """The prelude's definitions and those of every file of the chain, each of the chain's
+        checked on its own: its mistakes are reported whatever the network does with it."""
         prelude = prelude_cache.load(PRELUDE, parse_text)
-        return collect(([prelude] if prelude else []) + files, self.report)
+        definitions = collect(([prelude] if prelude else []) + files, self.report)
+        interpreter = Interpreter(definitions, self.report)
+        for spec in files:
+            for written in spec.definitions:
+                key = (written.kind, written.name.text)
+                flat = definitions.table(written.kind).get(written.name.text)
+                if key in definitions.broken or flat is None or flat.span != written.span:
+                    continue
+                if not interpreter.check_definition(flat):
+                    definitions.broken.add(key)
+        return definitions
 
     def load(self, path: Path, sets: list[str]) -> ir.Spec | None:
         files = self.chain(path)
         if not files:
             return None
         params = self.params(files, sets)
-        definitions = self.definitions(files)
         if self.report.failed:
             return None
+        definitions = self.definitions(files)
         values = Values(params, self.report)
         decl = files[-1].networks[0]
         single, stages = self.network_statements(files)

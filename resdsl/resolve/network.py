@@ -10,8 +10,9 @@ from pydantic import ValidationError
 
 from .. import ir
 from .. import syntax as s
-from ..definitions import Definitions, FlatDef, Sym
+from ..definitions import Definitions, FlatDef
 from ..diagnostics import Report, did_you_mean
+from ..symbolic import Sym
 from .values import Values, flag, read_options
 
 # What a stage gives each of its blocks; a block's options cannot set these.
@@ -100,6 +101,8 @@ class NetworkReader:
         table = self.definitions.table(kind)
         if text in table:
             return table[text]
+        if (kind, text) in self.definitions.broken:
+            return None  # its mistake is reported where it is defined
         if text is None:
             self.report.error(f"`{kind}` needs a name", word.span)
             return None

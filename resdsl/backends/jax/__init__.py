@@ -9,13 +9,11 @@ so the two backends' networks are the same network, layer for layer.
 
 from __future__ import annotations
 
-from .. import ir
-from ..analysis import Analysis
-from .jax_model import JaxEmitter, render_model
-from .network_view import model_context as network_model_context
-from .templating import readme_context, render_template, runtime_module
-from .torch_backend import train_context
-from .torch_model import TorchEmitter
+from ... import ir
+from ...analysis import Analysis
+from ..common import model_context as network_model_context
+from ..templating import readme_context, render_template, runtime_module, train_context
+from .model import render_model
 
 # The files of the model half of a package; a trainer adds its files beside them.
 MODEL_FILES = {
@@ -48,12 +46,7 @@ def render_package(
     context = model_context(spec, analysis) | readme_context(spec, analysis)
     context |= {"header": header, "command": command, "package": package}
     files = {name: render_template(template, **context) for name, template in MODEL_FILES.items()}
-    lowered = analysis.lowered
-    files["model.py"] = render_model(
-        JaxEmitter(lowered, spec.network.init.zero_init_residual),
-        TorchEmitter(lowered, context["custom_norm"]),
-        spec, analysis, header,
-    )  # fmt: skip
+    files["model.py"] = render_model(analysis.lowered, spec, analysis, header)
     if spec.train is not None:
         context |= train_context(spec)  # the PyTorch trainer's facts: the same recipe
         files["data.py"] = render_template("jax/data.py.jinja", **context)

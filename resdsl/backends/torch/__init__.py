@@ -1,0 +1,29 @@
+"""The PyTorch backend: model.py reads like torchvision's resnet.py; data.py and train.py are the
+paper's pipelines and schedule for the spec's train section."""
+
+from __future__ import annotations
+
+from ... import ir
+from ...analysis import Analysis
+from ..common import model_context
+from ..templating import readme_context, render_template, runtime_module, train_context
+from .model import render_model
+
+
+def render_package(
+    spec: ir.Spec, analysis: Analysis, *, header: str, command: str, package: str
+) -> dict[str, str]:
+    context = model_context(spec, analysis) | readme_context(spec, analysis)
+    context |= {"header": header, "command": command, "package": package}
+    files = {
+        "__init__.py": render_template("torch/__init__.py.jinja", **context),
+        "model.py": render_model(analysis.lowered, spec, analysis, header, context["custom_norm"]),
+        "README.md": render_template("torch/README.md.jinja", **context),
+    }
+    if spec.train is not None:
+        context |= train_context(spec)
+        files["data.py"] = render_template("torch/data.py.jinja", **context)
+        files["train.py"] = render_template("torch/train.py.jinja", **context)
+        files["export.py"] = render_template("torch/export.py.jinja", **context)
+        files["runtime.py"] = runtime_module(header)
+    return files

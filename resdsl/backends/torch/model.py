@@ -1,0 +1,648 @@
+"""model.py of the PyTorch backend, printed from the lowered network: one class per block class
+(as torchvision's `BasicBlock` and `Bottleneck`), and a `ResNet` that builds its stages in a loop
+(`_make_layer`) with its shortcuts made by `_downsample`. It prints the forms of `lower.py` and
+decides nothing about the network."""
+
+from __future__ import annotations
+
+from ...analysis import Analysis
+from ...forms import BlockClass, CallNode, Form, GroupNode, LayerNode, LetNode, WhenNode, walk
+from ...lower import Add, Lowered
+from ...names import Namespace
+from ...quoting import code_text
+from ...symbolic import Named, Var, literal, negated, symbolic, text
+from ..common import (
+    annotation,
+    class_doc,
+    module_doc,
+    shortcut_doc,
+    speller,
+    stage_extras,
+    stem_description,
+)
+
+# Layers that return their input itself in some mode: what follows them may not work in place.
+ALIASING = {"identity", "dropout", "drop_path"}
+
+
+def _kw(name: str, value, default, spell) -> str:
+    if value == default and not symbolic(value):
+        return ""
+    return f", {name}={text(value, spell)}"
+
+
+def _conv(p: TorchModel, a: dict, spell) -> str:
+    kh, kw = a["kernel"]
+    cin, cout = text(a["in"], spell), text(a["channels"], spell)
+    stride, groups, dilation = a["stride"], a["groups"], a["dilation"]
+    bias, padding = a["bias"], a["padding"]
+    positional_stride = f", {text(stride, spell)}" if stride != 1 or symbolic(stride) else ""
+    if (kh, kw) == (3, 3) and not bias and padding == dilation:
+        p.used.add("conv3x3")
+        p.conv3x3_groups |= groups != 1 or symbolic(groups)
+        p.conv3x3_dilation |= dilation != 1 or symbolic(dilation)
+        return (f"conv3x3({cin}, {cout}{positional_stride}{_kw('groups', groups, 1, spell)}"
+                f"{_kw('dilation', dilation, 1, spell)})")  # fmt: skip
+    if (kh, kw) == (1, 1) and not bias and groups == 1 and padding == 0 and dilation == 1:
+        p.used.add("conv1x1")
+        return f"conv1x1({cin}, {cout}{positional_stride})"
+    kernel = text(kh, spell) if kh == kw else f"({text(kh, spell)}, {text(kw, spell)})"
+    out = f"nn.Conv2d({cin}, {cout}, kernel_size={kernel}" + _kw("stride", stride, 1, spell)
+    out += _kw("padding", padding, 0, spell) + _kw("dilation", dilation, 1, spell)
+    out += _kw("groups", groups, 1, spell)
+    return out + ("" if bias is True else ", bias=False") + ")"
+
+
+def _pool(module: str, a: dict, spell, extra: str = "") -> str:
+    kh, kw = a["kernel"]
+    kernel = text(kh, spell) if kh == kw else f"({text(kh, spell)}, {text(kw, spell)})"
+    return (f"nn.{module}(kernel_size={kernel}, stride={text(a['stride'], spell)}"
+            f"{_kw('padding', a['padding'], 0, spell)}{extra})")  # fmt: skip
+
+
+def _norm(p: TorchModel, a: dict, spell) -> str:
+    if p.custom_norm:
+        p.used.add("norm")
+        return f"norm({text(a['in'], spell)})"
+    return f"nn.BatchNorm2d({text(a['in'], spell)})"
+
+
+def _activation(module: str, inplace: bool):
+    def build(p: TorchModel, a: dict, spell) -> str:
+        return f"nn.{module}(inplace=True)" if inplace else f"nn.{module}()"
+
+    return build
+
+
+def _drop_path(p: TorchModel, a: dict, spell) -> str:
+    p.used.add("DropPath")
+    survival = ", survival=True" if a["mode"] == "survival" else ""
+    return f"DropPath({text(a['p'], spell)}{survival})"
+
+
+def _pad_channels(p: TorchModel, a: dict, spell) -> str:
+    p.used.add("ZeroPadShortcut")
+    channels, inp = a["channels"], a["in"]
+    extra = str(channels - inp) if not symbolic(channels) and not symbolic(inp) else (
+        f"{text(channels, spell)} - {text(inp, spell)}"
+    )  # fmt: skip
+    return f"ZeroPadShortcut({extra}, {text(a['stride'], spell)})"
+
+
+# kind -> the module that builds it (a: the layer's arguments; "in": its channels in)
+MODULES = {
+    "conv": _conv,
+    "linear": lambda p, a, spell: (
+        f"nn.Linear({text(a['in'], spell)}, {text(a['channels'], spell)})"
+    ),
+    "batchnorm": _norm,
+    "relu": _activation("ReLU", True),
+    "gelu": _activation("GELU", False),
+    "silu": _activation("SiLU", True),
+    "sigmoid": _activation("Sigmoid", False),
+    "max_pool": lambda p, a, spell: _pool("MaxPool2d", a, spell),
+    "avg_pool": lambda p, a, spell: _pool(
+        "AvgPool2d",
+        a,
+        spell,
+        (", ceil_mode=True" if a["ceil"] is True else "") + ", count_include_pad=False",
+    ),  # fmt: skip
+    "global_avg_pool": lambda p, a, spell: "nn.AdaptiveAvgPool2d(1)",
+    "dropout": lambda p, a, spell: f"nn.Dropout(p={text(a['p'], spell)})",
+    "drop_path": _drop_path,
+    "multiply": None,  # a gate: `x * out` in forward
+    "identity": lambda p, a, spell: "nn.Identity()",
+    "pad_channels": _pad_channels,
+}
+# kind -> how forward applies it to `v` (x: the block's input) when it is not `self.NAME(v)`
+FORWARD = {
+    "global_avg_pool": lambda v, x, attr: f"{v}.mean((2, 3), keepdim=True)",
+    "multiply": lambda v, x, attr: f"{x} * {v}",
+    "linear": lambda v, x, attr: f"self.{attr}({v}.movedim(1, -1)).movedim(-1, 1)",
+}
+FORWARD_ONLY = ("global_avg_pool", "multiply")  # no module
+
+
+class _Body:
+    """A form's nodes as `self.NAME = ...` lines and forward lines."""
+
+    def __init__(self, printer: TorchModel, spell, var: str, inp: str, started: bool = False):
+        self.printer, self.spell = printer, spell
+        self.var, self.inp = var, inp  # the value being computed, and the block's input
+        self.started = started
+        self.fresh = False  # the value is a tensor of its own (not the input, nor an alias of it)
+        self.tokens: list[tuple[str, str]] = []  # ("line", text) | ("attr", name), in order
+        self.attrs: dict[str, str] = {}  # attribute -> its constructor
+        self.shared: set[str] = set()  # attributes that read the input: never in place
+        self.forward: list[str] = []
+        self.zero_init: list[str] = []
+
+    def nodes(self, nodes) -> _Body:
+        for node in nodes:
+            if isinstance(node, LetNode):
+                self.let(node)
+            elif isinstance(node, LayerNode):
+                self.layer(node)
+            elif isinstance(node, GroupNode):
+                self.group(node)
+            elif isinstance(node, CallNode):
+                self.call(node)
+            elif type(node).__name__ in ("BranchNode", "AddNode"):
+                self.forward.append(type(node).__name__)
+        return self
+
+    def init(self) -> list[str]:
+        """The constructor lines so far (an activation that reads the input is not in place)."""
+        lines = []
+        for what, value in self.tokens:
+            if what == "line":
+                lines.append(value)
+            else:
+                constructor = self.attrs[value]
+                if value in self.shared:
+                    constructor = constructor.replace("(inplace=True)", "()")
+                lines.append(f"self.{value} = {constructor}")
+        self.tokens = []
+        return lines
+
+    def let(self, node: LetNode) -> None:
+        self.tokens.append(("line", f"{self.spell(node.name)} = {text(node.value, self.spell)}"))
+
+    def module(self, node: LayerNode) -> str:
+        return MODULES[node.kind](self.printer, dict(node.args, **{"in": node.inp}), self.spell)
+
+    def layer(self, node: LayerNode) -> None:
+        if node.kind == "batchnorm" and node.args["zero_init"] is True:
+            self.zero_init.append(node.attr)
+        if node.kind not in FORWARD_ONLY:
+            if node.kind == "conv" and self.started and self.forward:
+                self.forward.append("")
+            self._assign(node.attr, self.module(node))
+            if not self.fresh:
+                self.shared.add(node.attr)
+        apply = FORWARD.get(node.kind)
+        source = self._source()
+        self._apply(apply(source, self.inp, node.attr) if apply else
+                    f"self.{node.attr}({source})", node.kind)  # fmt: skip
+
+    def group(self, node: GroupNode) -> None:
+        parts = []
+        for inner in node.nodes:
+            if isinstance(inner, LetNode):
+                self.let(inner)
+            else:
+                parts.append(self.module(inner))
+        self._assign(node.attr, "nn.Sequential(" + ", ".join(parts) + ")")
+        self._apply(f"self.{node.attr}({self._source()})", "group")
+
+    def call(self, node: CallNode) -> None:
+        cls = self.printer.lowered.layer_class(node.definition)
+        args = [text(node.inp, self.spell)]
+        args += [f"{cls.spelling[name]}={text(node.args[name], self.spell)}"
+                 for name in cls.variables]  # fmt: skip
+        self._assign(node.attr, f"{cls.name}({', '.join(args)})")
+        self._apply(f"self.{node.attr}({self._source()})", "block")
+
+    def _assign(self, attr: str, constructor: str) -> None:
+        if attr not in self.attrs:
+            self.attrs[attr] = constructor
+            self.tokens.append(("attr", attr))
+
+    def _source(self) -> str:
+        return self.var if self.started else self.inp
+
+    def _apply(self, expression: str, kind: str) -> None:
+        self.forward.append(f"{self.var} = {expression}")
+        self.started = True
+        self.fresh = self.fresh or kind not in ALIASING
+
+
+class TorchModel:
+    def __init__(self, lowered: Lowered, custom_norm: bool):
+        self.lowered, self.custom_norm = lowered, custom_norm
+        self.used: set[str] = set()  # the helpers the printed code calls
+        self.conv3x3_groups = self.conv3x3_dilation = False
+        self.zero_init: dict[str, list[str]] = {}
+
+    # block classes ------------------------------------------------------------------------------
+    def block_class(self, cls: BlockClass) -> str:
+        own = {"inplanes": "inplanes"}
+        if cls.expansion is not None:
+            own["expansion"] = "self.expansion"
+        spell = speller(cls, own)
+        body = _Body(self, spell, "out", "x").nodes(cls.form.nodes)
+        self.zero_init[cls.name] = body.zero_init
+        lines = [f"class {cls.name}(nn.Module):", f'    """{class_doc(cls)}"""', ""]
+        if cls.expansion is not None:
+            lines += [f"    expansion = {cls.expansion}", ""]
+        lines.append(f"    def __init__(self, {', '.join(signature(cls))}) -> None:")
+        lines.append("        super().__init__()")
+        lines += [f"        {line}" for line in body.init()]
+        if cls.residual:
+            lines.append("        self.downsample = downsample")
+        lines += ["", "    def forward(self, x: torch.Tensor) -> torch.Tensor:"]
+        lines += [f"        {line}" if line else "" for line in self.forward(cls, body)]
+        return "\n".join(lines)
+
+    def forward(self, cls: BlockClass, body: _Body) -> list[str]:
+        lines: list[str] = []
+        branched = "BranchNode" in body.forward
+        if cls.residual and not branched:
+            lines += ["identity = x", ""]
+        applied: list[str] = []  # the kinds of the layers applied so far
+        kinds = iter(_applied_kinds(cls))
+        for line in body.forward:
+            if line in ("BranchNode", "AddNode") and not cls.residual:
+                continue
+            if line == "BranchNode":
+                source = "out" if applied else "x"
+                source = {"x": "x", "branch": source,
+                          "mixed": f"x if isinstance(self.downsample, ZeroPadShortcut) else {source}"}[cls.reads]  # fmt: skip
+                lines.append(
+                    f"identity = x if self.downsample is None else self.downsample({source})"
+                )
+            elif line == "AddNode":
+                if not branched:
+                    lines += ["", "if self.downsample is not None:",
+                              "    identity = self.downsample(x)", ""]  # fmt: skip
+                else:
+                    lines.append("")
+                if not applied:
+                    lines.append("out = x + identity")
+                    applied.append("add")
+                elif all(kind in ALIASING for kind in applied):  # out may be x itself
+                    lines.append("out = out + identity")
+                else:
+                    lines.append("out += identity")
+            else:
+                lines.append(line)
+                if line:
+                    applied.append(next(kinds))
+        if not applied:
+            lines.append("out = x")
+        lines.append("return out")
+        return lines
+
+    # the network --------------------------------------------------------------------------------
+    def shortcut_method(self, name: str, method: str) -> list[str]:
+        form = self.lowered.shortcut_forms[name]
+        spell = speller_of_shortcut(form, {"inplanes": "self.inplanes", "outplanes": "outplanes",
+                                           "stride": "stride"})  # fmt: skip
+        nodes = list(form.nodes)
+        guarded = len(nodes) == 1 and isinstance(nodes[0], WhenNode) and not nodes[0].otherwise
+        lines = [f"def {method}(self, outplanes: int, stride: int) -> nn.Module | None:",
+                 f'    """{shortcut_doc(self.lowered, name, guarded)}"""']  # fmt: skip
+        if guarded:
+            lines += [f"    if {text(negated(nodes[0].condition), spell)}:", "        return None"]
+            nodes = list(nodes[0].then)
+        body = _Body(self, spell, "x", "x")
+        modules = []
+        for node in nodes:
+            if isinstance(node, LetNode):
+                lines.append(f"    {spell(node.name)} = {text(node.value, spell)}")
+            elif isinstance(node, WhenNode):
+                then, otherwise = body.module(node.then[0]), body.module(node.otherwise[0])
+                modules.append(f"{then} if {text(node.condition, spell)} else {otherwise}")
+            elif isinstance(node, LayerNode):
+                modules.append(body.module(node))
+        if not modules:
+            lines.append("    return None")
+        elif len(modules) == 1:
+            lines.append(f"    return {modules[0]}")
+        else:
+            lines.append(f"    return nn.Sequential({', '.join(modules)})")
+        return lines
+
+
+def signature(cls: BlockClass) -> list[str]:
+    """`inplanes`, then `planes`, `stride` and `downsample` as torchvision's blocks take them,
+    then the other constructor arguments (those without a default keyword-only)."""
+
+    def typed(name: str) -> str:
+        text_ = f"{cls.spelling[name]}: {annotation(cls.form.params[name])}"
+        return text_ + (f" = {literal(cls.defaults[name])}" if name in cls.defaults else "")
+
+    first = [typed(n) for n in ("planes", "stride") if n in cls.variables]
+    if cls.residual:
+        first.append("downsample: nn.Module | None = None")
+    rest = [n for n in cls.variables if n not in ("planes", "stride")]
+    defaulted = [typed(n) for n in rest if n in cls.defaults]
+    required = [typed(n) for n in rest if n not in cls.defaults]
+    return ["inplanes: int", *first, *defaulted, *(["*", *required] if required else [])]
+
+
+def _applied_kinds(cls: BlockClass) -> list[str]:
+    """The kinds of the nodes that forward applies, in order."""
+    kinds = []
+    for node in cls.form.nodes:
+        if isinstance(node, LayerNode):
+            kinds.append(node.kind)
+        elif isinstance(node, GroupNode | CallNode):
+            kinds.append("group")
+    return kinds
+
+
+def speller_of_shortcut(form: Form, own: dict[str, str]):
+    def spell(name: str) -> str:
+        return own.get(name, name)
+
+    return spell
+
+
+HELPERS = {
+    "conv3x3": '''def conv3x3(in_planes: int, out_planes: int, stride: int = 1{g}{d}) -> nn.Conv2d:
+    """3x3 convolution with padding."""
+    return nn.Conv2d(
+        in_planes, out_planes, kernel_size=3, stride=stride, padding={p}{g2}{d2}, bias=False
+    )''',
+    "conv1x1": '''def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    """1x1 convolution."""
+    return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)''',
+    "norm": '''def norm(channels: int) -> nn.BatchNorm2d:
+    """Batch normalisation with the spec's momentum and epsilon."""
+    return nn.BatchNorm2d(channels, eps={eps}, momentum={momentum})''',
+    "ZeroPadShortcut": '''class ZeroPadShortcut(nn.Module):
+    """Option A: the identity, subsampled by the stride, with zeros for the new channels."""
+
+    def __init__(self, extra_channels: int, stride: int) -> None:
+        super().__init__()
+        self.extra_channels = extra_channels
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))''',
+    "DropPath": '''class DropPath(nn.Module):
+    """Stochastic depth: in training, each sample's residual branch is dropped with probability
+    `p`. Kept branches are scaled by 1 / (1 - p) (as timm), or with `survival`, left as they are
+    in training and scaled by 1 - p in evaluation (Huang et al. 2016)."""
+
+    def __init__(self, p: float = 0.0, survival: bool = False) -> None:
+        super().__init__()
+        self.p = p
+        self.survival = survival
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        keep = 1.0 - self.p
+        if not self.training:
+            return x * keep if self.survival else x
+        if self.p == 0.0:
+            return x
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask if self.survival else x * mask / keep''',
+}
+
+
+def _helpers(printer: TorchModel, net) -> list[str]:
+    out = []
+    for name, code in HELPERS.items():
+        if name not in printer.used:
+            continue
+        if name == "conv3x3":
+            grouped, dilated = printer.conv3x3_groups, printer.conv3x3_dilation
+            code = code.format(
+                g=", groups: int = 1" if grouped else "",
+                d=", dilation: int = 1" if dilated else "",
+                p="dilation" if dilated else "1",
+                g2=", groups=groups" if grouped else "",
+                d2=", dilation=dilation" if dilated else "",
+            )
+        elif name == "norm":
+            code = code.format(eps=repr(net.batchnorm.eps), momentum=repr(net.batchnorm.momentum))
+        out.append(code)
+    return out
+
+
+def _resnet(printer: TorchModel, net) -> str:
+    lowered = printer.lowered
+    stem_spell = speller_of_shortcut(lowered.stem_form, {})
+    stem = _Body(printer, stem_spell, "x", "x", started=True).nodes(lowered.stem_form.nodes)
+    stage_classes = lowered.stage_classes
+    kinds = sorted({st.shortcut for st in net.stages if st.shortcut != "none"})
+    dilated = any(st.dilation != 1 for st in net.stages)
+    drop = net.drop_path > 0
+    extras = stage_extras(lowered)
+    many = bool(kinds) and (len(kinds) > 1 or "none" in {st.shortcut for st in net.stages})
+    generic = len(stage_classes) > 1 or many or dilated or drop or bool(extras)
+    init = [
+        f"def __init__(self, num_classes: int = {net.classes}) -> None:",
+        "    super().__init__()",
+        f"    self.inplanes = {lowered.stem.out[0]}",
+    ]
+    if dilated:
+        init.append("    self.dilation = 1")
+    init.append(f"    # stem: {stem_description(lowered)}")
+    init += [f"    {line}" for line in stem.init()]
+    init.append("")
+    if drop:
+        total = sum(st.blocks for st in net.stages)
+        init.append(f"    # stochastic depth: block l of {total} is dropped with probability "
+                    f"{net.drop_path:g} * l / {total}")  # fmt: skip
+        init.append(f"    rates = [{net.drop_path!r} * i / {total} for i in range(1, {total + 1})]")
+    first = 0
+    for stage in lowered.stages:
+        st, cls = stage.ir, stage.cls
+        args = [cls.name] if len(stage_classes) > 1 else []
+        args += [str(st.width), str(st.blocks)]
+        if st.stride > 1:
+            args.append(f"stride={st.stride}")
+        if many:
+            args.append(f'shortcut="{st.shortcut}"')
+        if st.dilation != 1:
+            args.append(f"dilation={st.dilation}")
+        if drop:
+            args.append(f"drop_path=rates[{first}:{first + st.blocks}]")
+        for name in extras:
+            if name in cls.variables:
+                args.append(f"{name}={literal(stage.blocks[0].args[name])}")
+        first += st.blocks
+        out = "x".join(map(str, stage.out))
+        init.append(
+            f"    self.{stage.attr} = self._make_layer({', '.join(args)})  # {st.name}: {out}"
+        )
+    for node in lowered.head_form:  # BN and ReLU (pre-activation), the pool, dropout, the fc
+        if node.kind == "global_avg_pool":
+            stem.tokens.append(("line", f"self.{node.attr} = nn.AdaptiveAvgPool2d((1, 1))"))
+        elif node.kind == "linear":
+            stem.tokens.append(
+                ("line", f"self.{node.attr} = nn.Linear({_features(printer, net)}, num_classes)")
+            )
+        else:
+            stem._assign(node.attr, stem.module(node))
+    init += [f"    {line}" for line in stem.init()]
+    init += [
+        "",
+        "    for m in self.modules():",
+        "        if isinstance(m, nn.Conv2d):",
+        f'            nn.init.kaiming_normal_(m.weight, mode="{net.init.mode}", nonlinearity="relu")',
+        "        elif isinstance(m, nn.BatchNorm2d):",
+        "            nn.init.ones_(m.weight)",
+        "            nn.init.zeros_(m.bias)",
+    ]
+    zero = [c for c in stage_classes if printer.zero_init.get(c.name) and c.residual]
+    if net.init.zero_init_residual and zero:
+        init += ["", "    # Zero-initialise the last BN of each residual branch: every block starts "
+                 "as the identity.", "    for m in self.modules():"]  # fmt: skip
+        for i, c in enumerate(zero):
+            init.append(f"        {'if' if i == 0 else 'elif'} isinstance(m, {c.name}):")
+            init += [
+                f"            nn.init.zeros_(m.{attr}.weight)" for attr in printer.zero_init[c.name]
+            ]
+    methods = [init, _make_layer(printer, kinds, generic, dilated, drop, extras)]
+    if kinds:
+        if len(kinds) == 1:
+            methods.append(printer.shortcut_method(kinds[0], "_downsample"))
+        else:
+            taken = Namespace()
+            names = {k: taken.take(f"_shortcut_{k.lower()}") for k in kinds}
+            table = ", ".join(f'"{k}": self.{names[k]}' for k in kinds)
+            methods.append([
+                "def _downsample(self, outplanes: int, stride: int, shortcut: str) -> nn.Module | None:",
+                '    """The shortcut of a block, by its stage\'s option; None is the identity."""',
+                f"    return {{{table}}}[shortcut](outplanes, stride)",
+            ])  # fmt: skip
+            for k in kinds:
+                methods.append(printer.shortcut_method(k, names[k]))
+    forward_features = ["def forward_features(self, x: torch.Tensor) -> torch.Tensor:"]
+    forward_features += [
+        f"    {line}" for line in stem.forward if line not in ("AddNode", "BranchNode")
+    ]
+    forward_features.append("")
+    forward_features += [f"    x = self.{stage.attr}(x)" for stage in lowered.stages]
+    forward = [
+        "def forward(self, x: torch.Tensor) -> torch.Tensor:",
+        "    x = self.forward_features(x)",
+    ]
+    pre = [node for node in lowered.head_form if node.kind in ("batchnorm", "relu")]
+    if pre:
+        forward_features.append("")
+        forward_features += [f"    x = self.{node.attr}(x)" for node in pre]
+    forward_features.append("    return x")
+    for node in lowered.head_form:
+        if node in pre:
+            continue
+        forward.append(f"    x = self.{node.attr}(x)")
+        if node.kind == "global_avg_pool":
+            forward.append("    x = torch.flatten(x, 1)")
+    forward.append("    return x")
+    methods += [forward_features, forward]
+    lines = [
+        "class ResNet(nn.Module):",
+        f'    """{net.name}, built as the spec says; `forward_features` ends before the pool."""',
+    ]
+    for method in methods:
+        lines.append("")
+        lines += [f"    {line}" if line else "" for line in method]
+    return "\n".join(lines)
+
+
+def _features(printer: TorchModel, net) -> str:
+    classes = printer.lowered.stage_classes
+    if len(classes) == 1 and classes[0].expansion is not None:
+        return f"{net.stages[-1].width} * {classes[0].name}.expansion"
+    return str(printer.lowered.features)
+
+
+def _make_layer(printer: TorchModel, kinds, generic: bool, dilated, drop, extras) -> list[str]:
+    lowered = printer.lowered
+    classes = lowered.stage_classes
+    if not generic:
+        b = classes[0].name
+        later = any(
+            isinstance(item, Add) and item.shortcut is not None
+            for stage in lowered.stages
+            for block in stage.blocks[1:]
+            for item in block.items
+        )
+        lines = ["def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:",
+                 f"    outplanes = planes * {b}.expansion"]  # fmt: skip
+        one = "" if classes[0].defaults.get("stride") == 1 else ", 1"  # the later blocks' stride
+        if kinds:
+            lines += [
+                f"    layers = [{b}(self.inplanes, planes, stride, self._downsample(outplanes, stride))]",
+                "    self.inplanes = outplanes",
+                "    for _ in range(1, blocks):",
+                (f"        layers.append({b}(self.inplanes, planes, downsample=self._downsample(outplanes, 1)))"
+                 if not one else f"        layers.append({b}(self.inplanes, planes, 1, self._downsample(outplanes, 1)))")
+                if later
+                else f"        layers.append({b}(self.inplanes, planes{one}))",
+            ]  # fmt: skip
+        else:
+            lines += [
+                f"    layers = [{b}(self.inplanes, planes, stride)]",
+                "    self.inplanes = outplanes",
+                "    for _ in range(1, blocks):",
+                f"        layers.append({b}(self.inplanes, planes{one}))",
+            ]
+        return lines + ["    return nn.Sequential(*layers)"]
+    params = []
+    if len(classes) > 1:
+        params.append("block: type[nn.Module]")
+        block = "block"
+    else:
+        block = classes[0].name
+    params += ["planes: int", "blocks: int", "stride: int = 1"]
+    many = bool(kinds) and (len(kinds) > 1 or "none" in {st.ir.shortcut for st in
+                                                         lowered.stages})  # fmt: skip
+    if many:
+        params.append(f'shortcut: str = "{kinds[0]}"')
+    if dilated:
+        params.append("dilation: int = 1")
+    if drop:
+        params.append("drop_path: list[float] | None = None")
+    for name in extras:
+        cls = next(c for c in classes if name in c.variables)
+        value = cls.defaults.get(name, cls.instances[0].args[name])
+        params.append(f"{name}: {annotation(cls.form.params[name])} = {literal(value)}")
+    lines = [f"def _make_layer(self, {', '.join(params)}) -> nn.Sequential:",
+             f"    outplanes = planes * {block}.expansion"]  # fmt: skip
+    if dilated:
+        lines.append("    previous_dilation, self.dilation = self.dilation, dilation")
+    lines += ["    layers = []", "    for i in range(blocks):",
+              "        block_stride = stride if i == 0 else 1", "        options = {}"]  # fmt: skip
+    if kinds:
+        call = "self._downsample(outplanes, block_stride" + (
+            ", shortcut)" if len(kinds) > 1 else ")"
+        )
+        if many:
+            lines += ['        if shortcut != "none":',
+                      f'            options["downsample"] = {call}']  # fmt: skip
+        else:
+            lines.append(f'        options["downsample"] = {call}')
+    if dilated:
+        lines.append('        options["dilation"] = previous_dilation if i == 0 else dilation')
+    if drop:
+        lines.append('        options["drop_path"] = drop_path[i] if drop_path else 0.0')
+    for name in extras:
+        lines.append(f'        options["{name}"] = {name}')
+    lines += [f"        layers.append({block}(self.inplanes, planes, block_stride, **options))",
+              "        self.inplanes = outplanes", "    return nn.Sequential(*layers)"]  # fmt: skip
+    return lines
+
+
+# --- the whole file -----------------------------------------------------------------------------
+
+
+def render_model(lowered: Lowered, spec, analysis: Analysis, header: str, custom_norm: bool) -> str:
+    """model.py: header, docstring, imports, helpers, block classes, ResNet, build_model."""
+    net = spec.network
+    printer = TorchModel(lowered, custom_norm)
+    classes = [printer.block_class(cls) for cls in lowered.classes]
+    resnet = _resnet(printer, net)
+    body = "\n\n\n".join(classes + [resnet])
+    helpers = _helpers(printer, net)
+    imports = ["import torch"]
+    if "ZeroPadShortcut" in printer.used:
+        imports.append("import torch.nn.functional as F")
+    imports.append("from torch import nn")
+    build = (
+        "def build_model() -> ResNet:\n"
+        f'    """The network of {code_text(spec.path)}, initialised."""\n'
+        "    return ResNet()\n"
+    )
+    parts = [header + module_doc(lowered, spec, analysis), "\n".join(imports), *helpers, body,
+             build]  # fmt: skip
+    return "\n\n\n".join(part.rstrip("\n") for part in parts) + "\n"
+
+
+__all__ = ["MODULES", "Named", "Var", "render_model", "walk"]

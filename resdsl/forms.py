@@ -1,0 +1,138 @@
+"""The block-class form: a definition as a network uses it, lowered once (`interpret.py`).
+
+A form is what a generated class holds: the values of its parameters (a constant folded into the
+code, or a `Var` for a constructor argument), and its layers and statements in order, as nodes
+whose arguments and channel counts are `symbolic` values. The backends print forms and nothing
+else; the concrete layers, shapes and costs of each block come from its class's form by
+substitution (`lower.instantiate`), so what `summary` counts is what the printed code builds.
+
+Spatial sizes are not part of a form: they are computed per block, from the concrete arguments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from . import syntax as s
+from .definitions import FlatDef
+
+
+class LayerNode(NamedTuple):
+    """A primitive layer. `attr` is its attribute (and state_dict key when `labelled`); layers
+    no one named get a name of their own, shared by identical parameter-free layers."""
+
+    attr: str
+    kind: str
+    args: dict  # every argument of the kind, defaults filled in
+    inp: object  # channels in
+    out: object  # channels out
+    labelled: bool
+    source: s.Layer
+
+
+class GroupNode(NamedTuple):
+    """Layers numbered 0, 1, ... under one name (an nn.Sequential); lets may sit between them."""
+
+    attr: str
+    nodes: tuple  # LayerNode | LetNode
+    inp: object
+    out: object
+    source: s.Group
+
+
+class CallNode(NamedTuple):
+    """A block used as a layer: its class is the `role="layer"` class of `definition`."""
+
+    attr: str
+    definition: str
+    args: dict  # every parameter's value at the call (the defaults computed there)
+    inp: object
+    out: object
+    source: s.Layer
+
+
+class LetNode(NamedTuple):
+    """`name = value` where the value depends on constructor arguments: a local in the code."""
+
+    name: str
+    value: object
+    source: s.Let
+
+
+class CheckNode(NamedTuple):
+    """`check CONDITION, "message"` whose condition is known per block only."""
+
+    condition: object
+    message: str
+    source: s.Check
+
+
+class AddNode(NamedTuple):
+    """`add shortcut`: the main branch plus the network's shortcut for this block."""
+
+    source: s.Add
+
+
+class BranchNode(NamedTuple):
+    """`branch`: a projecting shortcut reads the main branch here."""
+
+    source: s.Branch
+
+
+class WhenNode(NamedTuple):
+    """An `if` whose condition is known per block only (a shortcut's `stride != 1`)."""
+
+    condition: object
+    then: tuple
+    otherwise: tuple
+    source: s.If
+
+
+class Form(NamedTuple):
+    definition: FlatDef
+    params: dict  # parameter -> its value in this form (a constant, a Var or a Named)
+    nodes: tuple
+    inp: object  # channels in (`inplanes`)
+    out: object  # channels out
+    lets: dict  # let -> its value in terms of the parameters (what a LetNode's local holds)
+    calls: tuple  # every CallNode, nested ones included
+
+    def resolved(self, value):
+        """`value` with the form's locals replaced by what they hold."""
+        from .symbolic import substitute
+
+        return substitute(value, self.lets) if self.lets else value
+
+
+@dataclass(eq=False)
+class BlockClass:
+    """One generated class: a definition in one role (`stage` block or `layer` of another)."""
+
+    name: str  # the Python class name, unique in model.py
+    definition: FlatDef
+    role: str  # stage | layer
+    residual: bool
+    form: Form
+    variables: list[str]  # constructor arguments besides `inplanes`, in definition order
+    spelling: dict[str, str]  # a parameter's or let's name in Python (`x` -> `x_` where taken)
+    defaults: dict = field(default_factory=dict)  # constructor arguments with constant defaults
+    expansion: int | None = None  # out channels / planes, for classes of stages
+    shortcuts: tuple[str, ...] = ()  # the shortcut options of its blocks ("none" excluded)
+    reads: str = "x"  # what its downsample reads: x | branch (at `branch`) | mixed
+    instances: list = field(default_factory=list)  # the concrete blocks built from it
+
+    @property
+    def constants(self) -> dict:
+        return {k: v for k, v in self.form.params.items() if k not in self.variables}
+
+
+def walk(nodes):
+    """Every node, with the nodes inside groups and both sides of a `WhenNode`."""
+    for node in nodes:
+        yield node
+        if isinstance(node, GroupNode):
+            yield from walk(node.nodes)
+        elif isinstance(node, WhenNode):
+            yield from walk(node.then)
+            yield from walk(node.otherwise)

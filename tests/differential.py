@@ -1,0 +1,373 @@
+"""Random definitions and the networks that use them, made reproducibly from a seed: the
+differential tests of the compiler (tests/test_differential.py runs a few hundred definitions,
+bench/differential.py thousands).
+
+Each spec defines blocks (grouped and dilated convolutions, lets computed through floats and
+choices, numbered groups, dropout, drop path, gates that are blocks used as layers, branch
+points, layers named as the generated code names its own), maybe a stem and a shortcut, and a
+network whose stages use them with the prelude's shortcuts. For each, `check` passes or gives
+located errors; when it passes, the PyTorch and JAX packages build, count what `summary` counts,
+and give the same logits from the same weights.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+# labels the generated code also has names for: a layer's name is the user's, and the code's own
+# names step aside (`relu: gelu` beside an unnamed `relu`)
+COLLIDING = ["relu", "maxpool", "pool", "avgpool", "dropout", "drop_path", "identity", "out",
+             "x", "self_", "conv3x3", "nn", "sigmoid", "gelu"]  # fmt: skip
+# parameter and value names the generated code uses for itself: spelled `x_` in the code
+PRINTER_WORDS = ["x", "out", "identity", "nn", "self", "norm", "train", "name", "super", "F"]
+ACTIVATIONS = ["relu", "gelu", "silu", "sigmoid"]
+
+
+@dataclass
+class Spec:
+    text: str
+    definitions: int  # the definitions it holds: each is a case
+    random_layers: bool  # dropout or drop path: train mode differs between the packages
+    notes: list[str] = field(default_factory=list)
+
+
+class Generator:
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.count = 0
+
+    def name(self, prefix: str) -> str:
+        self.count += 1
+        return f"{prefix}{self.count}"
+
+    # --- pieces -------------------------------------------------------------------------------
+    def gate(self) -> tuple[str, str]:
+        """A squeeze-and-excitation-like block used as a layer: (name, definition)."""
+        rng = self.rng
+        name = self.name("gate")
+        fc = rng.choice(["conv", "linear"])
+        first, second = ("conv 1x1 {c}, bias", "conv 1x1 inplanes, bias") if fc == "conv" else (
+            "linear {c}", "linear inplanes"
+        )  # fmt: skip
+        lets = []
+        if rng.random() < 0.5:
+            lets = ["raw = inplanes // reduction", "rd = raw if raw >= 2 else 2"]
+            channels = "rd"
+        else:
+            channels = "inplanes // reduction"
+        act = rng.choice(ACTIVATIONS[:3])
+        body = [
+            *lets,
+            "       global_avg_pool",
+            f"fc1:   {first.format(c=channels)}",
+            f"       {act}",
+            f"fc2:   {second}",
+            "       sigmoid",
+            "       multiply",
+        ]
+        return name, f"block {name}(reduction = {rng.choice([2, 4])}) {{\n" + _lines(body) + "}\n"
+
+    def block(self, preact: bool, gates: list[str], expansion: int) -> tuple[str, str, dict]:
+        """A block definition: (name, text, facts about its parameters)."""
+        rng = self.rng
+        name = self.name("blk")
+        params = ["planes", "stride = 1"]
+        facts = {"dilation": False, "drop_path": False, "random": False, "options": {}}
+        body: list[str] = [f"expansion = {expansion}"]
+        extra = rng.choice(PRINTER_WORDS) if rng.random() < 0.3 else None
+        if extra:  # a parameter spelled like one of the code's names
+            params.append(f"{extra} = 2")
+            facts["options"][extra] = rng.choice([1, 2])
+        if rng.random() < 0.4:
+            params.append("dilation = 1")
+            facts["dilation"] = True
+        if rng.random() < 0.4:
+            params.append("drop_path = 0")
+            params.append(f"drop_mode = {rng.choice(['inverted', 'survival'])}")
+            facts["drop_path"] = True
+        width = rng.choice(["planes", "planes * 2", "(planes * 0.5 + 4) // 4 * 4",
+                            "planes if planes >= 8 else 8"])  # fmt: skip
+        body.append(f"w = {width}")
+        labels = iter(_label_stream(rng))
+        used: set[str] = set()
+
+        def label(default: str) -> str:
+            for candidate in labels:
+                if candidate not in used:
+                    used.add(candidate)
+                    return candidate
+            return default
+
+        if preact:
+            body += ["bn0:   batchnorm", "       relu"]
+            if rng.random() < 0.6:
+                body.append("       branch")
+        dilation = ", dilation dilation" if facts["dilation"] else ""
+        units = rng.randint(1, 3)
+        channels_even = False  # the current channels are `w` (even: groups 2 divide them)
+        for unit in range(units):
+            stride = ", stride stride" if unit == 0 else ""
+            kernel = rng.choice(["3x3", "1x1"]) if unit else rng.choice(["3x3", "1x1", "3x3"])
+            groups = ", groups 2" if channels_even and rng.random() < 0.4 else ""
+            extra_dilation = dilation if kernel == "3x3" else ""
+            bias = ", bias" if rng.random() < 0.15 else ""
+            body.append(f"{label('c')}: conv {kernel} w{stride}{groups}{extra_dilation}{bias}")
+            channels_even = True
+            body.append(f"{label('n')}: batchnorm")
+            body.append(self._activation(used))
+            roll = rng.random()
+            if roll < 0.15:
+                body.append(f"       dropout {rng.choice([0.1, 0.25])}")
+                facts["random"] = True
+            elif roll < 0.3:
+                pool = rng.choice(["max_pool", "avg_pool"])
+                body.append(f"       {pool} 3x3, stride 1, padding 1")
+            elif roll < 0.45:
+                group = label("g")
+                body.append(
+                    f"{group}: {{\n        conv 1x1 w\n        batchnorm\n        relu\n    }}"
+                )
+            if gates and rng.random() < 0.35:
+                gate = rng.choice(gates)
+                option = rng.choice(["", ", reduction 2", ", reduction 4 if planes >= 16 else 2"])
+                body.append(f"{label('se')}: {gate}{option}")
+        body.append(f"{label('last')}: conv 1x1 planes * expansion")
+        if not preact:
+            zero = ", zero_init" if rng.random() < 0.5 else ""
+            body.append(f"{label('bnl')}: batchnorm{zero}")
+        if gates and rng.random() < 0.3:
+            body.append(f"{label('se')}: {rng.choice(gates)}")
+        if facts["drop_path"]:
+            body.append("       drop_path drop_path, mode drop_mode")
+        body.append("       add shortcut")
+        if not preact:
+            body.append(f"       {rng.choice(['relu', 'relu', 'silu'])}")
+        facts["random"] = facts["random"] or facts["drop_path"]
+        text = f"block {name}({', '.join(params)}) {{\n" + _lines(body) + "}\n"
+        return name, text, facts
+
+    def _activation(self, used: set[str]) -> str:
+        rng = self.rng
+        kind = rng.choice(ACTIVATIONS)
+        if rng.random() < 0.25:
+            label = rng.choice([k for k in ACTIVATIONS if k not in used] or ["act"])
+            if label not in used:
+                used.add(label)
+                return f"{label}: {rng.choice(ACTIVATIONS)}"  # `relu: gelu`
+        return f"       {kind}"
+
+    def stem(self) -> tuple[str, str]:
+        rng = self.rng
+        name = self.name("st")
+        body = ["conv1: conv 3x3 width" + (", stride 2" if rng.random() < 0.3 else ""),
+                "if not preact {", "    bn1: batchnorm", f"         {rng.choice(ACTIVATIONS[:3])}",
+                "}"]  # fmt: skip
+        if rng.random() < 0.3:
+            body.append("pool: max_pool 3x3, stride 1, padding 1")
+        return name, f"stem {name}(width = 8) {{\n" + _lines(body) + "}\n"
+
+    def shortcut(self) -> tuple[str, str]:
+        rng = self.rng
+        name = self.name("sc").upper()
+        if rng.random() < 0.5:
+            body = ["if stride != 1 or inplanes != outplanes {",
+                    f"    conv {rng.choice(['1x1', '3x3'])} outplanes, stride stride",
+                    "    if not preact {", "        batchnorm", "    }", "}"]  # fmt: skip
+        else:
+            body = ["if stride != 1 or inplanes != outplanes {", "    if stride > 1 {",
+                    "        avg_pool stride, stride stride, ceil", "    } else {",
+                    "        identity", "    }", "    conv 1x1 outplanes",
+                    "    if not preact {", "        batchnorm", "    }", "}"]  # fmt: skip
+        return name, f"shortcut {name}(outplanes, stride) {{\n" + _lines(body) + "}\n"
+
+    # --- a whole spec -------------------------------------------------------------------------
+    def spec(self) -> Spec:
+        rng = self.rng
+        preact = rng.random() < 0.3
+        parts, definitions = [], 0
+        gates = []
+        for _ in range(rng.randint(0, 2)):
+            name, text = self.gate()
+            gates.append(name)
+            parts.append(text)
+            definitions += 1
+        blocks = []
+        for _ in range(rng.randint(1, 3)):
+            name, text, facts = self.block(preact, gates, rng.choice([1, 2]))
+            blocks.append((name, facts))
+            parts.append(text)
+            definitions += 1
+        stem = "cifar, width 8"
+        if rng.random() < 0.5:
+            name, text = self.stem()
+            stem = f"{name}, width 8"
+            parts.append(text)
+            definitions += 1
+        shortcuts = ["A", "B", "C", "D"]
+        if rng.random() < 0.4:
+            name, text = self.shortcut()
+            shortcuts.append(name)
+            parts.append(text)
+            definitions += 1
+        first, facts = blocks[0]
+        options = "".join(f", {k} {v}" for k, v in facts["options"].items())
+        lines = [
+            f"input    {rng.choice([1, 3])}x{rng.randint(9, 14)}x{rng.randint(9, 14)}",
+            f"classes  {rng.randint(2, 7)}",
+            f"stem     {stem}",
+            f"block    {first}{options}",
+            f"shortcut {rng.choice(shortcuts)}",
+        ]
+        if rng.random() < 0.3:
+            lines.append("batchnorm momentum 0.2, eps 0.001")
+        if rng.random() < 0.2:
+            lines.append("head     dropout 0.2")
+        drop = all(f["drop_path"] for _, f in blocks) and rng.random() < 0.6
+        if drop:
+            lines.append("drop_path 0.2")
+        random_layers = drop or "dropout" in "".join(lines)
+        width, strides = 8, 0
+        for index in range(rng.randint(1, 3)):
+            width = rng.choice([width, width + 4, width * 2])
+            name, facts = rng.choice(blocks)
+            stage = f"stage: {rng.randint(1, 2)} x {width}"
+            if index and strides < 2 and rng.random() < 0.6:
+                stage += ", stride 2"
+                strides += 1
+            if name != first:
+                stage += f", block {name}"
+                stage += "".join(f", {k} {v}" for k, v in facts["options"].items())
+            if rng.random() < 0.3:
+                stage += f", shortcut {rng.choice(shortcuts)}"
+            if facts["dilation"] and all(f["dilation"] for _, f in blocks) and rng.random() < 0.3:
+                stage += ", dilation 2"
+            lines.append(stage)
+            random_layers = random_layers or facts["random"]
+        network = "network net {\n" + "".join(f"    {line}\n" for line in lines) + "}\n"
+        return Spec("\n".join(parts) + "\n" + network, definitions, random_layers)
+
+
+def _label_stream(rng: random.Random):
+    """Names for layers: numbered ones, and now and then one the generated code also uses."""
+    number = 0
+    while True:
+        number += 1
+        if rng.random() < 0.2:
+            yield rng.choice(COLLIDING)
+        yield f"l{number}"
+
+
+def _lines(body: list[str]) -> str:
+    return "".join(f"    {line}\n" for line in body)
+
+
+def specs(count: int, seed: int = 0):
+    """`count` specs, the same for the same seed."""
+    generator = Generator(seed)
+    for _ in range(count):
+        yield generator.spec()
+
+
+# --- the comparison ---------------------------------------------------------------------------
+TOLERANCE = 1e-4  # max abs logit difference, float32 on the CPU
+
+
+@dataclass
+class Result:
+    outcome: str  # "equal" (both packages agree with the analysis) or "refused" (located errors)
+    detail: str = ""
+
+
+def verify(spec: Spec, directory, index: int) -> Result:
+    """Check `spec`; when it passes, build both packages and compare them with the analysis and
+    with each other. Raises AssertionError on any disagreement."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    import jax
+    import numpy as np
+    import torch
+
+    from resdsl.compile import build_files, write_package
+    from resdsl.diagnostics import SpecError
+    from resdsl.frontend import load_spec
+
+    directory = Path(directory)
+    path = directory / f"case{index}.res"
+    path.write_text(spec.text)
+    try:
+        loaded, analysis = load_spec(path)
+    except SpecError as error:
+        rendered = error.report.render()
+        assert "internal error" not in rendered and "Traceback" not in rendered, rendered
+        assert all(d.span is not None for d in error.report.diagnostics), rendered
+        return Result("refused", rendered.splitlines()[0])
+    packages = {}
+    for backend in ("torch", "jax"):
+        files = build_files(loaded, analysis, backend=backend, output=directory / f"p{index}")
+        target = directory / f"case{index}_{backend}"
+        write_package(target, files, force=True)
+        name = f"differential_{index}_{backend}"
+        module_spec = importlib.util.spec_from_file_location(
+            name, target / "__init__.py", submodule_search_locations=[str(target)]
+        )
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        module_spec.loader.exec_module(module)
+        packages[backend] = module
+    model_module = sys.modules[f"differential_{index}_torch.model"]
+    torch.manual_seed(index)
+    model = model_module.build_model()
+    count = sum(p.numel() for p in model.parameters())
+    assert count == analysis.params, (count, analysis.params, spec.text)
+    jax_package = packages["jax"]
+    variables = jax.eval_shape(jax_package.init_variables)
+    jax_count = sum(leaf.size for leaf in jax.tree_util.tree_leaves(variables["params"]))
+    assert jax_count == analysis.params, (jax_count, analysis.params, spec.text)
+    channels, height, width = analysis.network.input
+    _randomise(model, channels, height, width, index)
+    images = torch.randn(3, channels, height, width, generator=torch.Generator().manual_seed(index))
+    arrays = {k: v.numpy() for k, v in model.state_dict().items()}
+    converted = jax_package.from_torch(arrays)
+    nhwc = jax.numpy.asarray(images.numpy().transpose(0, 2, 3, 1))
+    modes = ("eval",) if spec.random_layers else ("eval", "train")
+    for mode in modes:
+        model.train(mode == "train")
+        with torch.no_grad():
+            expected = model(images).numpy()
+        if mode == "eval":
+            got = jax_package.logits(converted, nhwc)
+        else:
+            got, _ = jax_package.build_model().apply(
+                converted, nhwc, train=True, mutable=["batch_stats"]
+            )
+        difference = float(np.abs(np.asarray(got) - expected).max())
+        assert difference <= TOLERANCE * max(1.0, float(np.abs(expected).max())), (
+            mode, difference, spec.text
+        )  # fmt: skip
+    for backend in ("torch", "jax"):
+        for key in [k for k in sys.modules if k.startswith(f"differential_{index}_{backend}")]:
+            del sys.modules[key]
+    return Result("equal")
+
+
+def _randomise(model, channels: int, height: int, width: int, seed: int) -> None:
+    """Random BN parameters and statistics (those of the network's own activations, perturbed)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed + 1)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        momenta = [bn.momentum for bn in norms]
+        for bn in norms:
+            bn.weight.copy_(torch.empty_like(bn.weight).uniform_(0.5, 1.5, generator=generator))
+            bn.bias.copy_(torch.empty_like(bn.bias).uniform_(-0.2, 0.2, generator=generator))
+            bn.momentum = 1.0
+        model.train()
+        model(torch.randn(4, channels, height, width, generator=generator))
+        for bn, momentum in zip(norms, momenta, strict=True):
+            bn.momentum = momentum
+            bn.running_var.add_(0.5)
+    model.eval()
