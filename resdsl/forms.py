@@ -136,3 +136,16 @@ def walk(nodes):
         elif isinstance(node, WhenNode):
             yield from walk(node.then)
             yield from walk(node.otherwise)
+
+
+def guard(form: Form) -> tuple[tuple, WhenNode] | None:
+    """A shortcut that is all inside one `if` (after its values): (the values, the `if`). The
+    code returns None (the identity) where its condition is false."""
+    *lets, last = form.nodes or (None,)
+    if (
+        isinstance(last, WhenNode)
+        and not last.otherwise
+        and all(isinstance(n, LetNode) for n in lets)
+    ):
+        return tuple(lets), last
+    return None

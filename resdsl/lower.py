@@ -31,6 +31,7 @@ from .forms import (
     LayerNode,
     LetNode,
     WhenNode,
+    guard,
     walk,
 )
 from .interpret import Interpreter, Where, argument_problem, place
@@ -408,7 +409,8 @@ class Lowering:
         for node in walk(form.nodes):
             if not isinstance(node, WhenNode):
                 continue
-            whole = role == "shortcut" and len(form.nodes) == 1 and not node.otherwise
+            guarded = guard(form)
+            whole = role == "shortcut" and guarded is not None and guarded[1] is node
             single = role == "shortcut" and len(node.then) == 1 == len(node.otherwise) and all(
                 isinstance(n, LayerNode) for n in (*node.then, *node.otherwise))  # fmt: skip
             if whole or single:

@@ -73,7 +73,8 @@ class Generator:
         rng = self.rng
         name = self.name("blk")
         params = ["planes", "stride = 1"]
-        facts = {"dilation": False, "drop_path": False, "random": False, "options": {}}
+        facts = {"dilation": False, "drop_path": False, "random": False, "options": {},
+                 "expansion": expansion}  # fmt: skip
         body: list[str] = [f"expansion = {expansion}"]
         extra = rng.choice(PRINTER_WORDS) if rng.random() < 0.3 else None
         if extra:  # a parameter spelled like one of the code's names
@@ -88,7 +89,10 @@ class Generator:
             facts["drop_path"] = True
         width = rng.choice(["planes", "planes * 2", "(planes * 0.5 + 4) // 4 * 4",
                             "planes if planes >= 8 else 8"])  # fmt: skip
-        body.append(f"w = {width}")
+        w = rng.choice(["w", "w", rng.choice(PRINTER_WORDS)])  # a value named as the code's own
+        if w == extra:
+            w = "w"
+        body.append(f"{w} = {width}")
         labels = iter(_label_stream(rng))
         used: set[str] = set()
 
@@ -101,18 +105,21 @@ class Generator:
 
         if preact:
             body += ["bn0:   batchnorm", "       relu"]
+        elif rng.random() < 0.2:  # a choice on the network's form, decided per network
+            body += ["if preact {", "    relu", "} else {", "    identity", "}"]
             if rng.random() < 0.6:
                 body.append("       branch")
         dilation = ", dilation dilation" if facts["dilation"] else ""
         units = rng.randint(1, 3)
         channels_even = False  # the current channels are `w` (even: groups 2 divide them)
+        kernels = ["3x3", "1x1"]
         for unit in range(units):
             stride = ", stride stride" if unit == 0 else ""
-            kernel = rng.choice(["3x3", "1x1"]) if unit else rng.choice(["3x3", "1x1", "3x3"])
+            kernel = rng.choice(kernels)
             groups = ", groups 2" if channels_even and rng.random() < 0.4 else ""
-            extra_dilation = dilation if kernel == "3x3" else ""
+            extra_dilation = dilation if kernel != "1x1" else ""
             bias = ", bias" if rng.random() < 0.15 else ""
-            body.append(f"{label('c')}: conv {kernel} w{stride}{groups}{extra_dilation}{bias}")
+            body.append(f"{label('c')}: conv {kernel} {w}{stride}{groups}{extra_dilation}{bias}")
             channels_even = True
             body.append(f"{label('n')}: batchnorm")
             body.append(self._activation(used))
@@ -126,7 +133,7 @@ class Generator:
             elif roll < 0.45:
                 group = label("g")
                 body.append(
-                    f"{group}: {{\n        conv 1x1 w\n        batchnorm\n        relu\n    }}"
+                    f"{group}: {{\n        conv 1x1 {w}\n        batchnorm\n        relu\n    }}"
                 )
             if gates and rng.random() < 0.35:
                 gate = rng.choice(gates)
@@ -187,13 +194,13 @@ class Generator:
         preact = rng.random() < 0.3
         parts, definitions = [], 0
         gates = []
-        for _ in range(rng.randint(0, 2)):
+        for _ in range(rng.randint(1, 3)):
             name, text = self.gate()
             gates.append(name)
             parts.append(text)
             definitions += 1
         blocks = []
-        for _ in range(rng.randint(1, 3)):
+        for _ in range(rng.randint(3, 5)):
             name, text, facts = self.block(preact, gates, rng.choice([1, 2]))
             blocks.append((name, facts))
             parts.append(text)
@@ -205,7 +212,7 @@ class Generator:
             parts.append(text)
             definitions += 1
         shortcuts = ["A", "B", "C", "D"]
-        if rng.random() < 0.4:
+        for _ in range(rng.choice([0, 1, 1, 2])):
             name, text = self.shortcut()
             shortcuts.append(name)
             parts.append(text)
@@ -227,10 +234,11 @@ class Generator:
         if drop:
             lines.append("drop_path 0.2")
         random_layers = drop or "dropout" in "".join(lines)
-        width, strides = 8, 0
-        for index in range(rng.randint(1, 3)):
-            width = rng.choice([width, width + 4, width * 2])
-            name, facts = rng.choice(blocks)
+        width, strides, channels = 8, 0, 8
+        for index, (name, facts) in enumerate(blocks):  # a stage for each block
+            width = rng.choice([width, width + 4, width * 2 if width < 16 else width])
+            width = max(width, -(-channels // facts["expansion"]))  # option A only widens
+            channels = width * facts["expansion"]
             stage = f"stage: {rng.randint(1, 2)} x {width}"
             if index and strides < 2 and rng.random() < 0.6:
                 stage += ", stride 2"
@@ -279,9 +287,10 @@ class Result:
     detail: str = ""
 
 
-def verify(spec: Spec, directory, index: int) -> Result:
+def verify(spec: Spec, directory, index: int, train: bool = True) -> Result:
     """Check `spec`; when it passes, build both packages and compare them with the analysis and
-    with each other. Raises AssertionError on any disagreement."""
+    with each other, in evaluation mode and (with `train`, for networks without random layers)
+    in training mode too. Raises AssertionError on any disagreement."""
     import importlib.util
     import sys
     from pathlib import Path
@@ -323,27 +332,29 @@ def verify(spec: Spec, directory, index: int) -> Result:
     count = sum(p.numel() for p in model.parameters())
     assert count == analysis.params, (count, analysis.params, spec.text)
     jax_package = packages["jax"]
-    variables = jax.eval_shape(jax_package.init_variables)
-    jax_count = sum(leaf.size for leaf in jax.tree_util.tree_leaves(variables["params"]))
-    assert jax_count == analysis.params, (jax_count, analysis.params, spec.text)
     channels, height, width = analysis.network.input
     _randomise(model, channels, height, width, index)
     images = torch.randn(3, channels, height, width, generator=torch.Generator().manual_seed(index))
     arrays = {k: v.numpy() for k, v in model.state_dict().items()}
-    converted = jax_package.from_torch(arrays)
+    converted = jax_package.from_torch(arrays)  # every name and shape is the JAX network's
+    jax_count = sum(leaf.size for leaf in jax.tree_util.tree_leaves(converted["params"]))
+    assert jax_count == analysis.params, (jax_count, analysis.params, spec.text)
     nhwc = jax.numpy.asarray(images.numpy().transpose(0, 2, 3, 1))
-    modes = ("eval",) if spec.random_layers else ("eval", "train")
+    modes = ("eval", "train") if train and not spec.random_layers else ("eval",)
+
+    def logits(variables, images):  # one compilation for the modes compared
+        network = jax_package.build_model()
+        out = {"eval": network.apply(variables, images)}
+        if "train" in modes:
+            out["train"] = network.apply(variables, images, train=True, mutable=["batch_stats"])[0]
+        return out
+
+    got = jax.jit(logits)(converted, nhwc)
     for mode in modes:
         model.train(mode == "train")
         with torch.no_grad():
             expected = model(images).numpy()
-        if mode == "eval":
-            got = jax_package.logits(converted, nhwc)
-        else:
-            got, _ = jax_package.build_model().apply(
-                converted, nhwc, train=True, mutable=["batch_stats"]
-            )
-        difference = float(np.abs(np.asarray(got) - expected).max())
+        difference = float(np.abs(np.asarray(got[mode]) - expected).max())
         assert difference <= TOLERANCE * max(1.0, float(np.abs(expected).max())), (
             mode, difference, spec.text
         )  # fmt: skip

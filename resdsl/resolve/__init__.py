@@ -284,8 +284,11 @@ class Loader:
 
     # statements -------------------------------------------------------------------------------
     def network_statements(self, files: list[s.SpecFile]):
+        """The network's statements and stages, `extends` applied; and the stages refused (read
+        for their own mistakes only)."""
         single: dict[str, s.Statement] = {}
         stages: list[s.Statement] = []
+        self.refused_stages: list[s.Statement] = []
         for depth, spec in enumerate(files):
             decl = spec.networks[0]
             own_single, own_stages = self._split_body(decl.body)
@@ -306,6 +309,7 @@ class Loader:
                         f"stages of `{base}`: {', '.join(names) or '(none named)'}; to change "
                         "the list of stages, write a new network",
                     )
+                    self.refused_stages.append(st)
                     continue
                 stages[names.index(st.label.text)] = st
         return single, stages
@@ -383,7 +387,7 @@ class Loader:
         decl = files[-1].networks[0]
         single, stages = self.network_statements(files)
         network = NetworkReader(values, self.report, definitions).read(
-            decl.name, single, stages, decl.span
+            decl.name, single, stages, decl.span, self.refused_stages
         )
         train = None
         train_decl = next((f.trains[0] for f in reversed(files) if f.trains), None)

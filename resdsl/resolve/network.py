@@ -30,8 +30,10 @@ class NetworkReader:
         self.values, self.report, self.definitions = values, report, definitions
 
     def read(
-        self, name: s.Word, single: dict[str, s.Statement], stages: list[s.Statement], span
-    ) -> ir.Network | None:
+        self, name: s.Word, single: dict[str, s.Statement], stages: list[s.Statement], span,
+        refused: list[s.Statement] = (),
+    ) -> ir.Network | None:  # fmt: skip
+        """The network; `refused` stages (already reported) are read for their own mistakes."""
         for keyword in ("input", "classes", "stem", "block"):
             if keyword not in single:
                 self.report.error(
@@ -51,6 +53,8 @@ class NetworkReader:
         head = self._head(single.get("head"))
         drop_path = self._drop_path(single.get("drop_path"), block)
         built_stages = [self._stage(i, st, block, shortcut) for i, st in enumerate(stages)]
+        for st in refused:
+            self._stage(len(stages), st, block, shortcut)
         _check_stage_names(stages, self.report)
         if (
             init.zero_init_residual

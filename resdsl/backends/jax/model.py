@@ -7,7 +7,7 @@ the forms of `lower.py` and decides nothing about the network."""
 from __future__ import annotations
 
 from ...analysis import Analysis
-from ...forms import BlockClass, CallNode, GroupNode, LayerNode, LetNode, WhenNode, walk
+from ...forms import BlockClass, CallNode, GroupNode, LayerNode, LetNode, WhenNode, guard, walk
 from ...layers import KINDS
 from ...lower import Lowered
 from ...quoting import code_text
@@ -231,7 +231,7 @@ class JaxModel:
             lines = [line for line in body if line not in ("AddNode", "BranchNode")]
             started = any(line.startswith("out = ") for line in lines)
             return lines + ([] if started else ["out = x"]) + ["return out"]
-        out = [f"outplanes = {text(cls.form.out, spell)}"]
+        out = [f"outplanes = {text(cls.form.resolved(cls.form.out), spell)}"]
         has_branch = "BranchNode" in body
         if not has_branch:
             out += ["identity = x", ""]
@@ -283,9 +283,12 @@ class JaxModel:
         lines: list[str] = []
         nodes = list(form.nodes)
         indent = ""
-        if len(nodes) == 1 and isinstance(nodes[0], WhenNode) and not nodes[0].otherwise:
-            lines.append(f"if {text(nodes[0].condition, spell)}:")
-            nodes = list(nodes[0].then)
+        guarded = guard(form)
+        if guarded is not None:
+            lets, when = guarded
+            lines += [f"{spell(n.name)} = {text(n.value, spell)}" for n in lets]
+            lines.append(f"if {text(when.condition, spell)}:")
+            nodes = list(when.then)
             indent = "    "
         layers = [n for n in nodes if isinstance(n, LayerNode | WhenNode)]
         projects = any(

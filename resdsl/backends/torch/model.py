@@ -6,7 +6,17 @@ decides nothing about the network."""
 from __future__ import annotations
 
 from ...analysis import Analysis
-from ...forms import BlockClass, CallNode, Form, GroupNode, LayerNode, LetNode, WhenNode, walk
+from ...forms import (
+    BlockClass,
+    CallNode,
+    Form,
+    GroupNode,
+    LayerNode,
+    LetNode,
+    WhenNode,
+    guard,
+    walk,
+)
 from ...lower import Add, Lowered
 from ...names import Namespace
 from ...quoting import code_text
@@ -289,12 +299,14 @@ class TorchModel:
         spell = speller_of_shortcut(form, {"inplanes": "self.inplanes", "outplanes": "outplanes",
                                            "stride": "stride"})  # fmt: skip
         nodes = list(form.nodes)
-        guarded = len(nodes) == 1 and isinstance(nodes[0], WhenNode) and not nodes[0].otherwise
+        guarded = guard(form)
         lines = [f"def {method}(self, outplanes: int, stride: int) -> nn.Module | None:",
-                 f'    """{shortcut_doc(self.lowered, name, guarded)}"""']  # fmt: skip
-        if guarded:
-            lines += [f"    if {text(negated(nodes[0].condition), spell)}:", "        return None"]
-            nodes = list(nodes[0].then)
+                 f'    """{shortcut_doc(self.lowered, name, guarded is not None)}"""']  # fmt: skip
+        if guarded is not None:
+            lets, when = guarded
+            lines += [f"    {spell(n.name)} = {text(n.value, spell)}" for n in lets]
+            lines += [f"    if {text(negated(when.condition), spell)}:", "        return None"]
+            nodes = list(when.then)
         body = _Body(self, spell, "x", "x")
         modules = []
         for node in nodes:
