@@ -24,7 +24,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
@@ -122,7 +121,8 @@ def from_torch(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     ]
     if wrong:
         raise ValueError("the state_dict's shapes do not match resnet20: " + "; ".join(wrong))
-    # jnp.array copies: the variables must not share memory with the PyTorch tensors
+    # np.array copies (the variables must not share memory with the PyTorch tensors), and
+    # device_put places the copy without compiling a conversion for every shape
     return traverse_util.unflatten_dict(
-        {path: jnp.array(converted[path], expected[path].dtype) for path in expected}
+        {path: jax.device_put(np.array(converted[path], expected[path].dtype)) for path in expected}
     )
