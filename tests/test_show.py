@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from resdsl.architecture import figure, table
 from resdsl.frontend import load_spec
+from resdsl.picture import figure
+from resdsl.table import table
 from tests.helpers import ROOT, run_cli
 
 
@@ -199,7 +200,7 @@ def test_blocks_differing_only_in_their_drop_path_rate_fold(capsys):
 def test_registering_show_imports_neither_the_front_end_nor_the_drawing():
     code = (
         "import sys\nimport resdsl.cli\n"
-        "print(sorted(m for m in sys.modules if m in ('resdsl.architecture', 'resdsl.analysis')))"
+        "print(sorted(m for m in sys.modules if m in ('resdsl.picture', 'resdsl.table', 'resdsl.analysis')))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True

@@ -1,6 +1,6 @@
 """`resdsl show SPEC [-o FILE.png|FILE.svg] [--layers] [--set NAME=VALUE]`: the command line.
 
-The table and the picture are made by `architecture.py`, imported (with the front end, and
+The table and the picture are made by `resdsl/table.py` and `resdsl/picture.py`, imported (with the front end, and
 matplotlib for a picture) only when the command runs, so that registering it costs nothing.
 """
 
@@ -50,37 +50,35 @@ def show(
     ] = None,
 ) -> None:
     """The network block by block: layers, output shape, parameters; or a picture of it."""
-    from .architecture import ShowError, draw, table
-    from .diagnostics import Diagnostic, Report, SpecError
-    from .frontend import load_spec
-    from .workflow_cli import _fail
+    from ..diagnostics import SpecError
+    from ..frontend import load_spec
+    from ..picture import ShowError, draw
+    from ..table import table
+    from .app import error, fail
 
     if output is not None and output.suffix.lower() not in FORMATS:
-        _fail(Report([Diagnostic(
-            f"{output.as_posix()}: the picture's name must end in .png or .svg",
-            hint="e.g. -o resnet34.png",
-        )]))  # fmt: skip
+        error(f"{output.as_posix()}: the picture's name must end in .png or .svg",
+              "e.g. -o resnet34.png")  # fmt: skip
     if output is not None and layers:
-        _fail(Report([Diagnostic(
-            "--layers is for the table, and -o draws the picture: give one of them",
-            hint="the picture has a box per layer up to 60 layers, per block beyond",
-        )]))  # fmt: skip
+        error("--layers is for the table, and -o draws the picture: give one of them",
+              "the picture has a box per layer up to 60 layers, per block beyond")  # fmt: skip
     try:
         spec, analysis = load_spec(file, set_ or [])
-    except SpecError as error:
-        _fail(error.report)
+    except SpecError as problem:
+        fail(problem.report)
     if output is None:
         typer.echo(table(spec, analysis, layers=layers))
         return
     net = analysis.network
     try:
         written = draw(analysis, output, f" {net.input[1]}x{net.input[2]}")
-    except ShowError as error:
-        _fail(Report([Diagnostic(str(error))]))
-    except OSError as error:
-        reason = error.strerror or str(error)
-        _fail(Report([Diagnostic(f"{output.as_posix()}: cannot write it: {reason}",
-                                 hint="choose a directory you can write to")]))  # fmt: skip
+    except ShowError as problem:
+        error(str(problem))
+    except OSError as problem:
+        reason = problem.strerror or str(problem)
+        error(
+            f"{output.as_posix()}: cannot write it: {reason}", "choose a directory you can write to"
+        )
     typer.echo(f"wrote {written.as_posix()}")
 
 

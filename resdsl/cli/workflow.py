@@ -1,6 +1,6 @@
 """The commands around the compiler: plot and compare runs, list the library, start a new spec.
 
-`register(app)` adds them to `resdsl.cli`'s typer app. Like check, summary and compile,
+`register(app)` adds them, with fmt and show, to the command line. Like check, summary and compile,
 none of them imports torch or jax; `plot` alone imports matplotlib, when it draws.
 """
 
@@ -12,8 +12,8 @@ from typing import Annotated
 
 import typer
 
-from .cli import _fail
-from .diagnostics import Diagnostic, Report, SpecError
+from ..diagnostics import SpecError
+from .app import error, fail
 
 RunsArgument = Annotated[
     list[Path],
@@ -25,15 +25,11 @@ RunsArgument = Annotated[
 ]
 
 
-def _error(message: str, hint: str | None = None) -> None:
-    _fail(Report([Diagnostic(message, hint=hint)]))
-
-
 def register(app: typer.Typer) -> None:
     """Add plot, runs, list, new and fmt to the command line."""
     for command in (plot, runs_, list_, new):
         app.command(**COMMANDS[command.__name__])(command)
-    from .fmt_cli import EPILOG, fmt
+    from .fmt import EPILOG, fmt
     from .show import register as register_show
 
     app.command(epilog=EPILOG)(fmt)
@@ -66,8 +62,8 @@ def plot(
     title: Annotated[str | None, typer.Option(metavar="TEXT", help="A title above it.")] = None,
 ) -> None:
     """Error curves of runs against iterations, in the layout of the paper's Fig. 6."""
-    from .plot import PlotError, plot_runs
-    from .runs import read_run
+    from ..plot import PlotError, plot_runs
+    from ..runs import read_run
 
     read = [read_run(path) for path in runs]
     for run in read:
@@ -75,8 +71,8 @@ def plot(
             typer.echo(f"warning: {run.path.as_posix()}: {problem}", err=True)
     try:
         written = plot_runs(read, output, title=title)
-    except PlotError as error:
-        _error(str(error), "give run directories that hold a metrics.jsonl")
+    except PlotError as problem:
+        error(str(problem), "give run directories that hold a metrics.jsonl")
     drawn = sum(bool(r.logs or r.test_curve()) for r in read)
     typer.echo(f"wrote {written.as_posix()} ({drawn} run{'s' * (drawn != 1)})")
 
@@ -94,7 +90,7 @@ def runs_(
     ] = False,
 ) -> None:
     """Compare runs: spec, iterations, final training error, test top-1/top-5, images/s, time."""
-    from .runs import read_run, table
+    from ..runs import read_run, table
 
     read = [read_run(path) for path in runs]
     if json_:
@@ -115,13 +111,13 @@ def list_(
     ] = Path("specs"),
 ) -> None:
     """The spec library as a table: network, depth, input, dataset, parameters, multiply-adds."""
-    from .library import library, library_table
+    from ..library import library, library_table
 
     if not directory.is_dir():
-        _error(f"no such directory: {directory.as_posix()}", "give the directory of the specs")
+        error(f"no such directory: {directory.as_posix()}", "give the directory of the specs")
     entries = library(directory)
     if not entries:
-        _error(f"no .res files in {directory.as_posix()}")
+        error(f"no .res files in {directory.as_posix()}")
     typer.echo(library_table(directory, entries))
 
 
@@ -137,27 +133,27 @@ def new(
     ],
 ) -> None:
     """Write a spec that extends SPEC, with SPEC's statements as commented overrides."""
-    from .frontend import load_spec
-    from .library import new_spec
+    from ..frontend import load_spec
+    from ..library import new_spec
 
     if file.suffix != ".res":
-        _error(f"{file.as_posix()}: a spec's name ends in .res")
+        error(f"{file.as_posix()}: a spec's name ends in .res")
     if file.exists():
-        _error(f"{file.as_posix()} exists; not overwriting it", "choose another name")
+        error(f"{file.as_posix()} exists; not overwriting it", "choose another name")
     try:
         text = new_spec(file, base)
-    except SpecError as error:
-        _fail(error.report)
+    except SpecError as problem:
+        fail(problem.report)
     file.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(file, "x", encoding="utf-8") as f:  # "x": never over a file made meanwhile
             f.write(text)
     except FileExistsError:
-        _error(f"{file.as_posix()} exists; not overwriting it", "choose another name")
+        error(f"{file.as_posix()} exists; not overwriting it", "choose another name")
     try:
         spec, analysis = load_spec(file)
-    except SpecError as error:  # a bug in `new`: say so, keep the file to look at
-        _fail(error.report)
+    except SpecError as problem:  # a bug in `new`: say so, keep the file to look at
+        fail(problem.report)
     typer.echo(
         f"wrote {file.as_posix()}: {spec.network.name} extends {base.as_posix()} "
         f"({analysis.depth} layers, {analysis.params:,} parameters)\n"

@@ -1,4 +1,4 @@
-"""`resdsl fmt [--check] FILE...`: the command line. The formatter itself (`fmt.py`) is
+"""`resdsl fmt [--check] FILE...`: the command line. The formatter itself (`resdsl/fmt.py`) is
 imported only when the command runs, so that registering it costs nothing."""
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ def fmt(
     ] = False,
 ) -> None:
     """Lay out .res files the way the library is laid out (comments and meaning kept)."""
-    from .cli import _fail
-    from .diagnostics import Report, display_path
-    from .fmt import FormatError, format_text, write_atomically
-    from .resolve import Loader
+    from ..diagnostics import Report, display_path
+    from ..fmt import FormatError, format_text, write_atomically
+    from ..resolve import Loader
+    from .app import fail
 
     report = Report()
     changed = 0
@@ -56,6 +56,6 @@ def fmt(
         changed += 1
         typer.echo(shown if check else f"reformatted {shown}")
     if report.failed:
-        _fail(report)
+        fail(report)
     if check and changed:
         raise typer.Exit(1)

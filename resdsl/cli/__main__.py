@@ -1,0 +1,5 @@
+"""`python -m resdsl.cli`."""
+
+from . import main
+
+main()
