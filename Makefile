@@ -8,7 +8,7 @@ DEMO_SPEC       ?= specs/fashion-mnist/resnet20.res
 DEMO_PACKAGE    ?= generated/fashion_mnist_resnet20_torch
 DEMO_ITERATIONS ?= 800
 
-.PHONY: setup data test demo goldens editors clean
+.PHONY: setup data test test-fast demo goldens editors clean
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,16 @@ data:
 
 test: setup data
 	$(PY) -m pytest -q -n 2
+
+# The front end, the analysis, the printers and the goldens (about half a minute on 2 cores): the
+# lane to run while changing the language or the compiler; `make test` before a commit.
+FAST_TESTS := tests/test_language.py tests/test_errors.py tests/test_hostile.py tests/test_fmt.py \
+	tests/test_cli.py tests/test_show.py tests/test_editors.py tests/test_style.py \
+	tests/test_published_numbers.py tests/test_compiler.py tests/test_workflow.py \
+	tests/test_torch_model.py::test_goldens_are_up_to_date
+test-fast: setup
+	$(PY) -m pytest -q -n 2 $(FAST_TESTS) -m "not slow" \
+		-k "not random_definitions and not fuzzed and not code_names_its_own"
 
 # The main job: compile a spec and train it on real data on the CPU (a few minutes on 2 cores).
 demo: setup data

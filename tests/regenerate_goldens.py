@@ -23,6 +23,11 @@ GOLDENS = [
         ("specs/cifar/resnet20.res", "cifar_resnet20"),
         ("specs/fashion-mnist/resnet20.res", "fashion_mnist_resnet20"),
         ("specs/torchvision/resnet50.res", "torchvision_resnet50"),
+        # the general paths: a block defined in the spec and used as a layer, dilation, and
+        # pre-activation blocks with drop path
+        ("specs/variants/se_resnet50.res", "variants_se_resnet50"),
+        ("specs/variants/resnet50_dilated.res", "variants_resnet50_dilated"),
+        ("specs/variants/preact_resnet164_drop_path.res", "variants_preact_resnet164_drop_path"),
     ]
     for backend in ("torch", "jax")
 ]
