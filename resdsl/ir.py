@@ -112,7 +112,9 @@ class Network(Node):
     batchnorm: BatchNorm = BatchNorm()
     head: Head = Head()
     # stochastic depth: block l of L drops its residual branch with probability drop_path * l / L
+    # (`huang`, Huang et al. 2016), or drop_path * (l - 1) / (L - 1) (`timm`: 0 for the first)
     drop_path: Probability = 0.0
+    drop_path_rule: Literal["huang", "timm"] = "huang"
 
 
 # --- training ------------------------------------------------------------------------------
@@ -165,9 +167,25 @@ class SubtractMean(Node):
     mode: Literal["per_pixel", "per_channel"] = "per_pixel"
 
 
+class Normalize(Node):
+    """Subtract a mean colour and divide by a standard deviation, on pixels in [0, 1]: ImageNet's
+    (`imagenet`), the training split's (`dataset`), or the values written (`given`)."""
+
+    op: Literal["normalize"] = "normalize"
+    source: Literal["imagenet", "dataset", "given"] = "imagenet"
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[PositiveFloat, ...] = (0.229, 0.224, 0.225)
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+Interpolation = Literal["nearest", "bilinear", "bicubic"]
+
+
 class Pad(Node):
     op: Literal["pad"] = "pad"
     pixels: PositiveInt
+    mode: Literal["zero", "reflect"] = "zero"
 
 
 class RandomCrop(Node):
@@ -200,10 +218,67 @@ class PCALighting(Node):
     std: PositiveFloat
 
 
-Preprocess = Annotated[PadTo | SubtractMean, Field(discriminator="op")]
+class RandomResizedCrop(Node):
+    """A crop of a random area (a fraction `scale` of the image) and aspect ratio (`ratio`),
+    resized to size x size (torchvision's RandomResizedCrop)."""
+
+    op: Literal["random_resized_crop"] = "random_resized_crop"
+    size: PositiveInt
+    scale: tuple[PositiveFloat, PositiveFloat] = (0.08, 1.0)
+    ratio: tuple[PositiveFloat, PositiveFloat] = (3 / 4, 4 / 3)
+    interpolation: Interpolation = "bilinear"
+
+
+class TrivialAugmentWide(Node):
+    """One operation of TrivialAugment's wide space at a random magnitude (Müller and Hutter
+    2021; torchvision's TrivialAugmentWide)."""
+
+    op: Literal["trivial_augment_wide"] = "trivial_augment_wide"
+    interpolation: Interpolation = "nearest"
+
+
+class RandAugment(Node):
+    """`ops` random operations at `magnitude` (of 10), drawn per image from a normal distribution
+    of standard deviation `magnitude_std` when it is not 0 (Cubuk et al. 2020; timm's `mstd`)."""
+
+    op: Literal["rand_augment"] = "rand_augment"
+    ops: PositiveInt = 2
+    magnitude: Annotated[float, Field(ge=0.0, le=10.0)] = 9.0
+    magnitude_std: Annotated[float, Field(ge=0.0)] = 0.0
+    interpolation: Interpolation = "nearest"
+
+
+class AutoAugment(Node):
+    """AutoAugment's learned ImageNet policy (Cubuk et al. 2019; torchvision's AutoAugment)."""
+
+    op: Literal["auto_augment"] = "auto_augment"
+    policy: Literal["imagenet"] = "imagenet"
+    interpolation: Interpolation = "nearest"
+
+
+class RandomErasing(Node):
+    """With probability p, a random rectangle of the (normalized) image set to 0 (Zhong et al.
+    2020; torchvision's RandomErasing). It runs last, after `preprocess`, as in torchvision."""
+
+    op: Literal["random_erasing"] = "random_erasing"
+    p: Annotated[float, Field(gt=0.0, le=1.0)]
+
+
+Preprocess = Annotated[PadTo | SubtractMean | Normalize, Field(discriminator="op")]
 Augment = Annotated[
-    Pad | RandomCrop | HFlip | ScaleShorter | PCALighting, Field(discriminator="op")
+    Pad
+    | RandomCrop
+    | HFlip
+    | ScaleShorter
+    | PCALighting
+    | RandomResizedCrop
+    | TrivialAugmentWide
+    | RandAugment
+    | AutoAugment
+    | RandomErasing,
+    Field(discriminator="op"),
 ]
+POLICIES = ("trivial_augment_wide", "rand_augment", "auto_augment")  # torchvision's, on photos
 
 
 class SingleView(Node):
@@ -211,6 +286,13 @@ class SingleView(Node):
 
     op: Literal["single_view"] = "single_view"
     resize: PositiveInt | None = None
+    interpolation: Interpolation = "bilinear"
+
+
+class FlipAverage(Node):
+    """Arrays: the image and its mirror image, their softmax averaged."""
+
+    op: Literal["flip_average"] = "flip_average"
 
 
 class TenCrop(Node):
@@ -227,15 +309,53 @@ class MultiScale(Node):
     scales: tuple[PositiveInt, ...] = Field(min_length=1)
 
 
-EvalProtocol = Annotated[SingleView | TenCrop | MultiScale, Field(discriminator="op")]
+EvalProtocol = Annotated[SingleView | TenCrop | MultiScale | FlipAverage, Field(discriminator="op")]
+
+Decay = Annotated[float, Field(ge=0.0)]
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
 class SGD(Node):
     kind: Literal["sgd"] = "sgd"
     lr: PositiveFloat
     momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
-    weight_decay: Annotated[float, Field(ge=0.0)] = 1e-4
+    weight_decay: Decay = 1e-4
     nesterov: bool = False
+    # the weight decay of normalization layers' parameters and of biases, when not weight_decay
+    # (torchvision's norm_weight_decay and bias_weight_decay)
+    norm_weight_decay: Decay | None = None
+    bias_weight_decay: Decay | None = None
+
+
+class AdamW(Node):
+    """torch.optim.AdamW / optax.adamw: Adam with decoupled weight decay (Loshchilov and Hutter
+    2019)."""
+
+    kind: Literal["adamw"] = "adamw"
+    lr: PositiveFloat
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
+    eps: PositiveFloat = 1e-8
+    weight_decay: Decay = 0.01
+    norm_weight_decay: Decay | None = None
+    bias_weight_decay: Decay | None = None
+
+
+class Lamb(Node):
+    """timm's Lamb (You et al. 2020): Adam's step with the weight decay added, scaled per tensor
+    by ||w|| / ||step|| where the tensor is decayed; the gradients first clipped to a global norm
+    of `max_grad_norm` (0: not clipped)."""
+
+    kind: Literal["lamb"] = "lamb"
+    lr: PositiveFloat
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
+    eps: PositiveFloat = 1e-6
+    weight_decay: Decay = 0.01
+    max_grad_norm: Decay = 1.0
+    norm_weight_decay: Decay | None = None
+    bias_weight_decay: Decay | None = None
+
+
+Optimizer = Annotated[SGD | AdamW | Lamb, Field(discriminator="kind")]
 
 
 class MultiStep(Node):
@@ -260,7 +380,27 @@ class Constant(Node):
     kind: Literal["constant"] = "constant"
 
 
-Schedule = Annotated[MultiStep | Plateau | Constant, Field(discriminator="kind")]
+class Cosine(Node):
+    """From the lr (after any warm-up) to `min_lr` along half a cosine over the rest of training
+    (torch's CosineAnnealingLR, optax's cosine_decay_schedule), changed every iteration or every
+    epoch."""
+
+    kind: Literal["cosine"] = "cosine"
+    min_lr: Annotated[float, Field(ge=0.0)] = 0.0
+    per: Literal["iteration", "epoch"] = "iteration"
+
+
+class Piecewise(Node):
+    """The lr times a factor that is linear between points (fraction of training, factor):
+    one-cycle and the fast CIFAR schedules. The first point is at 0, the last at 1."""
+
+    kind: Literal["piecewise"] = "piecewise"
+    points: tuple[tuple[Annotated[float, Field(ge=0.0, le=1.0)], Decay], ...] = Field(min_length=2)
+
+
+Schedule = Annotated[
+    MultiStep | Plateau | Constant | Cosine | Piecewise, Field(discriminator="kind")
+]
 
 
 class WarmupUntil(Node):
@@ -280,7 +420,55 @@ class WarmupFor(Node):
     length: PositiveInt
 
 
-Warmup = Annotated[WarmupUntil | WarmupFor, Field(discriminator="kind")]
+class WarmupLinear(Node):
+    """The lr times a factor rising linearly from `start_factor` to 1 over the first `length`
+    units (torch's LinearLR; torchvision's `--lr-warmup-method linear`); the schedule then runs
+    over the rest of training."""
+
+    kind: Literal["linear"] = "linear"
+    start_factor: Annotated[float, Field(gt=0.0, le=1.0)]
+    length: PositiveInt
+
+
+Warmup = Annotated[WarmupUntil | WarmupFor | WarmupLinear, Field(discriminator="kind")]
+
+
+class CrossEntropy(Node):
+    """Softmax cross entropy, the targets smoothed by `label_smoothing` (Szegedy et al. 2016)."""
+
+    kind: Literal["cross_entropy"] = "cross_entropy"
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+
+
+class BinaryCrossEntropy(Node):
+    """Sigmoid cross entropy over the classes (timm's BinaryCrossEntropy, "ResNet strikes
+    back"): each class a yes/no target, smoothed, then (with `target_threshold`) made 1 where it
+    exceeds the threshold and 0 elsewhere."""
+
+    kind: Literal["bce"] = "bce"
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    target_threshold: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
+
+
+Loss = Annotated[CrossEntropy | BinaryCrossEntropy, Field(discriminator="kind")]
+
+
+class Mix(Node):
+    """Batch mixing: each batch mixed by mixup (Zhang et al. 2018) or cutmix (Yun et al. 2019),
+    one of those given chosen with equal probability, their λ drawn from Beta(alpha, alpha)."""
+
+    mixup: PositiveFloat | None = None
+    cutmix: PositiveFloat | None = None
+
+
+class EMA(Node):
+    """An exponential moving average of the weights and BN statistics, updated every `every`
+    iterations with `decay` (torch.optim.swa_utils.AveragedModel, optax.incremental_update);
+    `adjust` scales it as torchvision's references do (by batch x every / epochs)."""
+
+    decay: Annotated[float, Field(gt=0.0, lt=1.0)]
+    every: PositiveInt = 1
+    adjust: bool = False
 
 
 class Length(Node):
@@ -293,14 +481,20 @@ class Train(Node):
     data: Dataset
     preprocess: tuple[Preprocess, ...] = ()
     augment: tuple[Augment, ...] = ()
-    optimizer: SGD
+    optimizer: Optimizer
     batch: PositiveInt
+    # repeated augmentation (Hoffer et al. 2020; torchvision's RASampler): each image K times
+    repeats: PositiveInt = 1
     schedule: Schedule = Constant()
     warmup: Warmup | None = None
     length: Length
     eval: tuple[EvalProtocol, ...] = Field(min_length=1)
     val_split: NonNegativeInt = 0
     validate_every: PositiveInt | None = None
+    loss: Loss = CrossEntropy()
+    mix: Mix | None = None
+    ema: EMA | None = None
+    precision: Literal["fp32", "bf16"] | None = None  # None: the trainer's default for the device
 
 
 class Spec(Node):

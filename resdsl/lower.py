@@ -267,7 +267,10 @@ class Lowering:
         if stage.dilation != 1 or dilation != 1:
             args["dilation"] = dilation if i == 0 else stage.dilation
         if self.network.drop_path:
-            args["drop_path"] = self.network.drop_path * index / total
+            if self.network.drop_path_rule == "timm":  # 0 for the first block, RATE for the last
+                args["drop_path"] = self.network.drop_path * (index - 1) / max(1, total - 1)
+            else:  # Huang et al. 2016: RATE * l / L for block l of L
+                args["drop_path"] = self.network.drop_path * index / total
         return args
 
     def _stage_classes(self) -> list[BlockClass] | None:

@@ -27,7 +27,7 @@ NETWORK_STATEMENTS = (
 )  # fmt: skip
 TRAIN_STATEMENTS = (
     "data", "preprocess", "augment", "optimizer", "batch", "schedule", "warmup", "length",
-    "eval", "val_split", "validate",
+    "eval", "val_split", "validate", "loss", "mix", "ema", "precision", "drop_path",
 )  # fmt: skip
 TOP_STATEMENTS = ("param", "network", "train", "block", "stem", "shortcut")
 
@@ -368,8 +368,8 @@ class _ToSyntax(Transformer):
         if token.type in {"SHAPE", "KSIZE"}:
             return s.Dims(tuple(int(v) for v in str(token).split("x")), span)
         if token.type == "RANGE":
-            low, high = str(token).split("..")
-            return s.Range(int(low), int(high), span)
+            low, high = (float(v) if "." in v else int(v) for v in str(token).split(".."))
+            return s.Range(low, high, span)
         if token.type == "STRING":
             return s.Str(str(token)[1:-1], span)
         return token
@@ -381,6 +381,22 @@ class _ToSyntax(Transformer):
         name = self._word(children[0])
         value = children[1] if len(children) > 1 else None
         return s.Option(name, value, self._stmt_span(meta, children))
+
+    @v_args(meta=True)
+    def option_values(self, meta, children):
+        name = self._word(children[0])
+        span = self._stmt_span(meta, children)
+        values = s.Several(tuple(children[1:]), Span(
+            span.path, children[1].span.line, children[1].span.column,
+            children[-1].span.end_line, children[-1].span.end_column,
+        ))  # fmt: skip
+        return s.Option(name, values, span)
+
+    @v_args(meta=True)
+    def point(self, meta, children):
+        """`0.25: 1` of a piecewise schedule: (fraction of the length, factor of the lr)."""
+        at, factor = children
+        return s.Several((at, factor), _span(self.path, meta))
 
     @v_args(meta=True)
     def step(self, meta, children):
@@ -435,6 +451,13 @@ class _ToSyntax(Transformer):
     schedule_constant = _statement("schedule", "constant")
     warmup_until = _statement("warmup", "until")
     warmup_for = _statement("warmup", "for")
+    warmup_linear = _statement("warmup", "linear")
+    schedule_cosine = _statement("schedule", "cosine")
+    schedule_piecewise = _statement("schedule", "piecewise")
+    loss = _statement("loss")
+    mix = _statement("mix")
+    ema = _statement("ema")
+    precision = _statement("precision")
     length = _statement("length")
     val_split = _statement("val_split")
     validate = _statement("validate")

@@ -77,10 +77,17 @@ class Dims(NamedTuple):
 
 
 class Range(NamedTuple):
-    """`256..480`"""
+    """`256..480`, `0.08..1`"""
 
-    low: int
-    high: int
+    low: int | float
+    high: int | float
+    span: Span
+
+
+class Several(NamedTuple):
+    """An option's values written one after another: `betas 0.9 0.999`."""
+
+    values: tuple
     span: Span
 
 
@@ -92,7 +99,7 @@ class Option(NamedTuple):
     """`, name value` after a statement's main arguments."""
 
     name: Word
-    value: Value | None
+    value: Value | Several | None
     span: Span
 
 

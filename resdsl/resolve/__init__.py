@@ -330,33 +330,54 @@ class Loader:
                 single[st.keyword] = st
         return single, stages
 
-    def train_statements(self, decl: s.TrainDecl) -> tuple[str | None, dict[str, s.Statement]]:
-        statements: dict[str, s.Statement] = {}
-        if decl.recipe is None and decl.body is None:
-            self.report.error(
-                "`train` needs a recipe or a body",
-                decl.span,
-                f"write `train paper_cifar`, or `train {{ ... }}`; recipes: "
-                f"{', '.join(recipe_names())}",
-            )
-            return None, statements
-        recipe = decl.recipe.text if decl.recipe else None
-        if recipe is not None:
-            if recipe not in recipe_names():
+    def train_statements(
+        self, files: list[s.SpecFile]
+    ) -> tuple[str | None, dict[str, s.Statement], s.TrainDecl | None]:
+        """The train section of a chain of specs: each spec's statements override those of the
+        spec it extends, one by one (as `network ... extends` does), and a spec that names a
+        recipe starts again from that recipe. Returns the recipe, the statements and the
+        declaration that named the recipe (for messages inside the recipe's file)."""
+        recipe, statements, named = None, {}, None
+        for spec in files:
+            if not spec.trains:
+                continue
+            decl = spec.trains[0]
+            if decl.recipe is None and decl.body is None:
                 self.report.error(
-                    f"unknown recipe `{recipe}`",
-                    decl.recipe.span,
-                    did_you_mean(recipe, recipe_names(), "recipes"),
+                    "`train` needs a recipe or a body",
+                    decl.span,
+                    f"write `train paper_cifar`, or `train {{ ... }}`; recipes: "
+                    f"{', '.join(recipe_names())}",
                 )
-                return recipe, statements
-            recipe_file = prelude_cache.load(RECIPES / f"{recipe}.res", parse_text)
-            if recipe_file is None or not recipe_file.trains:  # pragma: no cover
-                return recipe, statements
-            statements, _ = self._split_body(recipe_file.trains[0].body or ())
-        own, _ = self._split_body(decl.body or ())
-        for keyword, st in own.items():
-            statements[keyword] = _override(statements.get(keyword), st)
-        return recipe, statements
+                continue
+            if decl.recipe is not None:
+                recipe, named = decl.recipe.text, decl
+                if recipe not in recipe_names():
+                    self.report.error(
+                        f"unknown recipe `{recipe}`",
+                        decl.recipe.span,
+                        did_you_mean(recipe, recipe_names(), "recipes"),
+                    )
+                    return recipe, {}, named
+                recipe_file = prelude_cache.load(RECIPES / f"{recipe}.res", parse_text)
+                if recipe_file is None or not recipe_file.trains:  # pragma: no cover
+                    return recipe, {}, named
+                statements, _ = self._split_body(recipe_file.trains[0].body or ())
+            own, _ = self._split_body(decl.body or ())
+            for keyword, st in own.items():
+                statements[keyword] = _override(statements.get(keyword), st)
+        return recipe, statements, named
+
+    def _from_recipe(self, before: int, recipe: str, named: s.TrainDecl) -> None:
+        """Problems found in a recipe's own lines also name the spec line that brought it in."""
+        where = f"{named.span.path}:{named.span.line}"
+        path = str(RECIPES / f"{recipe}.res")
+        for i, d in enumerate(self.report.diagnostics[before:], start=before):
+            if d.span is not None and d.span.path == path:
+                note = f"the recipe `{recipe}` comes from `train {recipe}` at {where}"
+                self.report.diagnostics[i] = d._replace(
+                    hint=f"{d.hint}; {note}" if d.hint else note
+                )
 
     # the whole spec ---------------------------------------------------------------------------
     def definitions(self, files: list[s.SpecFile]) -> Definitions:
@@ -374,6 +395,31 @@ class Loader:
                 if not interpreter.check_definition(flat):
                     definitions.broken.add(key)
         return definitions
+
+    def _train_drop_path(
+        self, network: ir.Network, drop_path: tuple[float, str, Span], definitions: Definitions
+    ) -> ir.Network:
+        """A train section's `drop_path RATE` (timm's `--drop-path`): the network's blocks drop
+        their residual branch, as if the network had said it."""
+        rate, rule, span = drop_path
+        if network.drop_path:
+            self.report.error(
+                "drop path is set twice: by the network and by the train section",
+                span,
+                "keep one `drop_path`",
+            )
+            return network
+        for stage in network.stages:
+            block = stage.block
+            if rate and "drop_path" not in definitions.blocks[block.name].param_names():
+                self.report.error(
+                    f"block `{block.name}` has no `drop_path` parameter to set",
+                    span,
+                    "define the block with a `drop_path = 0` parameter and a "
+                    "`drop_path drop_path` layer before its add",
+                )
+                return network
+        return network.model_copy(update={"drop_path": rate, "drop_path_rule": rule})
 
     def load(self, path: Path, sets: list[str]) -> ir.Spec | None:
         files = self.chain(path)
@@ -393,11 +439,14 @@ class Loader:
         train_decl = next((f.trains[0] for f in reversed(files) if f.trains), None)
         if train_decl is not None:  # read even when the network has problems: report them all
             before = len(self.report.diagnostics)
-            recipe, statements = self.train_statements(train_decl)
+            recipe, statements, named = self.train_statements(files)
             if len(self.report.diagnostics) == before:
-                train = TrainReader(values, self.report).read(
-                    recipe, statements, train_decl.span, network
-                )
+                reader = TrainReader(values, self.report)
+                train = reader.read(recipe, statements, train_decl.span, network)
+                if reader.drop_path is not None and network is not None:
+                    network = self._train_drop_path(network, reader.drop_path, definitions)
+            if named is not None:
+                self._from_recipe(before, recipe, named)
         if self.report.failed:
             return None
         try:

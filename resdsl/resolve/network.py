@@ -51,7 +51,7 @@ class NetworkReader:
         init = self._init(single.get("init"), block)
         batchnorm = self._batchnorm(single.get("batchnorm"))
         head = self._head(single.get("head"))
-        drop_path = self._drop_path(single.get("drop_path"), block)
+        drop_path, drop_path_rule = self._drop_path(single.get("drop_path"), block)
         built_stages = [self._stage(i, st, block, shortcut) for i, st in enumerate(stages)]
         for st in refused:
             self._stage(len(stages), st, block, shortcut)
@@ -79,6 +79,7 @@ class NetworkReader:
                 batchnorm=batchnorm,
                 head=head,
                 drop_path=drop_path,
+                drop_path_rule=drop_path_rule,
                 span=span,
             )
         except ValidationError as error:  # pragma: no cover - the checks above come first
@@ -270,10 +271,16 @@ class NetworkReader:
         }
         return ir.Head(span=st.span, **read_options(st, readers, self.report))
 
-    def _drop_path(self, st: s.Statement | None, block: ir.Call | None) -> float:
+    def _drop_path(self, st: s.Statement | None, block: ir.Call | None) -> tuple[float, str]:
+        """The rate and the rule that spreads it over the blocks (`huang` or `timm`)."""
         if st is None:
-            return 0.0
-        read_options(st, {}, self.report)
+            return 0.0, "huang"
+        readers = {
+            "rule": lambda o: self.values.symbol(
+                o.value, ("huang", "timm"), "drop-path rule", span=o.span
+            )
+        }
+        rule = read_options(st, readers, self.report).get("rule", "huang")
         rate = self.values.number(
             st.args[0], "drop_path", span=st.span, low=0, high=1, high_open=True
         )
@@ -286,7 +293,7 @@ class NetworkReader:
                     "define the block with a `drop_path = 0` parameter and a "
                     "`drop_path drop_path` layer before its add",
                 )
-        return rate or 0.0
+        return rate or 0.0, rule
 
     def _stage(self, index, st, block: ir.Call | None, shortcut: str | None):
         count_expr, width_expr = st.args
