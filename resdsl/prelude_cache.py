@@ -22,10 +22,12 @@ NODES = {
     cls.__name__: cls
     for cls in (
         s.Num, s.Ref, s.BinOp, s.Neg, s.Not, s.Choose, s.Word, s.Str, s.Dims, s.Range, s.Option,
-        s.Step, s.Statement, s.ParamDecl, s.NetworkDecl, s.TrainDecl, s.Layer, s.Group, s.Let,
+        s.Several, s.Step, s.Statement, s.ParamDecl, s.NetworkDecl, s.TrainDecl, s.Layer, s.Group, s.Let,
         s.If, s.Add, s.Branch, s.Insert, s.Remove, s.Check, s.DefParam, s.Definition, Span,
     )
 }  # fmt: skip
+# the nodes' names and fields: a cache written by another version of syntax.py is not read
+SCHEMA = repr(sorted((name, cls._fields) for name, cls in NODES.items()))
 
 
 def _encode(value):
@@ -50,7 +52,7 @@ def load(path: Path, parse) -> s.SpecFile | None:
     shown = str(path)
     text = path.read_text(encoding="utf-8")
     remember_source(shown, text)
-    digest = hashlib.sha256(text.encode()).hexdigest()[:20]
+    digest = hashlib.sha256((SCHEMA + text).encode()).hexdigest()[:20]
     cache = path.parent / "__pycache__" / f"{path.stem}.{digest}.json"
     try:
         data = json.loads(cache.read_text(encoding="utf-8"))

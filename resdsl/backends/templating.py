@@ -94,6 +94,10 @@ def data_context(spec: ir.Spec) -> dict:
             train_size = step.size
         elif isinstance(step, ir.HFlip):
             flip = True
+    normalize = next((s for s in train.preprocess if isinstance(s, ir.Normalize)), None)
+    photo = [s for s in train.augment if s.op in ir.POLICIES + ("random_resized_crop",)]
+    erasing = next((s for s in train.augment if isinstance(s, ir.RandomErasing)), None)
+    resized = next((s for s in train.augment if isinstance(s, ir.RandomResizedCrop)), None)
     reader, imports = READERS.get(kind, (None, []))
     imports = sorted(set(imports) | ({"os", "tempfile"} if mean else set()))
     folder = folder_context(spec) if kind == "imagefolder" else {}
@@ -111,9 +115,16 @@ def data_context(spec: ir.Spec) -> dict:
         "before_mean_doc": f", zero-padded to {size}x{size}" if pads else "",
         "mean": mean,
         "augment": list(train.augment),
+        "normalize": normalize,  # an ir.Normalize, or None
+        # the steps torchvision's transforms do (on PIL images, in the loader processes)
+        "torchvision_steps": bool(photo or erasing),
+        "erasing": erasing,
+        "train_crop": resized.size if resized else None,  # a random_resized_crop's size
+        "repeats": train.repeats,
         "crop": crop,
         "flip": flip,
         "uses_functional": bool(pads) or any(isinstance(s, ir.Pad) for s in train.augment),
+        "reflect": any(isinstance(s, ir.Pad) and s.mode == "reflect" for s in train.augment),
         "summary": pipeline_summary(train),
         "preprocess_text": ", ".join(step_text(s) for s in train.preprocess) or "none",
         "augment_text": ", ".join(step_text(s) for s in train.augment) or "none",
@@ -137,6 +148,7 @@ def folder_context(spec: ir.Spec) -> dict:
         "eval_views": views,  # the spec's protocols, and single_view for validation
         # the single view's resize (validation uses it too); the resolver's default when unset
         "single_view_resize": single.resize if single else round(size * 256 / 224),
+        "single_view_interpolation": single.interpolation if single else "bilinear",
         "centre_view": "single_view" in views or mean,  # the training mean is of single views
         "ten_crop_resize": protocols["ten_crop"].resize if "ten_crop" in protocols else None,
         "scales": list(protocols["multiscale"].scales) if "multiscale" in protocols else None,
@@ -145,15 +157,38 @@ def folder_context(spec: ir.Spec) -> dict:
     }
 
 
+def _normalize_text(step) -> str:
+    if step.source == "imagenet":
+        return "normalized by ImageNet's mean and standard deviation"
+    if step.source == "dataset":
+        return "normalized by the training split's mean and standard deviation"
+    return "normalized by the given mean and standard deviation"
+
+
 def step_text(step) -> str:
     return {
         "pad_to": lambda: f"zero-padded to {step.size}x{step.size}",
         "subtract_mean": lambda: f"{step.mode.replace('_', '-')} mean subtracted",
-        "pad": lambda: f"{step.pixels}-pixel zero pad",
+        "normalize": lambda: _normalize_text(step),
+        "pad": lambda: (
+            f"{step.pixels}-pixel {'reflecting' if step.mode == 'reflect' else 'zero'} pad"
+        ),
         "random_crop": lambda: f"random {step.size}x{step.size} crop",
         "hflip": lambda: "horizontal flip",
         "scale_shorter": lambda: f"shorter side random in [{step.low}, {step.high}]",
         "pca_lighting": lambda: f"PCA lighting noise (std {step.std:g})",
+        "random_resized_crop": lambda: (
+            f"random resized {step.size}x{step.size} crop (area "
+            f"{step.scale[0]:g}-{step.scale[1]:g}, {step.interpolation})"
+        ),
+        "trivial_augment_wide": lambda: "TrivialAugmentWide",
+        "rand_augment": lambda: (
+            f"RandAugment ({step.ops} ops, magnitude {step.magnitude:g}"
+            + (f", std {step.magnitude_std:g}" if step.magnitude_std else "")
+            + ")"
+        ),
+        "auto_augment": lambda: "AutoAugment (ImageNet policy)",
+        "random_erasing": lambda: f"random erasing (p {step.p:g})",
     }[step.op]()
 
 
@@ -182,17 +217,37 @@ def pipeline_description(train: ir.Train, size: int) -> str:
     )
 
 
+OPTIMIZER_TITLES = {"sgd": "SGD", "adamw": "AdamW", "lamb": "LAMB"}
+
+
+def optimizer_text(opt) -> str:
+    parts = [f"lr {opt.lr:g}"]
+    if opt.kind == "sgd":
+        parts.append(f"momentum {opt.momentum:g}")
+    else:
+        parts.append(f"betas ({opt.betas[0]:g}, {opt.betas[1]:g}), eps {opt.eps:g}")
+    parts.append(f"weight decay {opt.weight_decay:g}")
+    if opt.norm_weight_decay is not None:
+        parts.append(f"{opt.norm_weight_decay:g} on normalization weights")
+    if opt.bias_weight_decay is not None:
+        parts.append(f"{opt.bias_weight_decay:g} on biases")
+    if opt.kind == "lamb" and opt.max_grad_norm:
+        parts.append(f"gradients clipped to norm {opt.max_grad_norm:g}")
+    text = f"{OPTIMIZER_TITLES[opt.kind]}: {', '.join(parts)}"
+    return text + (", Nesterov" if opt.kind == "sgd" and opt.nesterov else "")
+
+
 def recipe_lines(spec: ir.Spec) -> list[str]:
     """The training section in a few lines, for docstrings and READMEs."""
     train = spec.train
-    opt = train.optimizer
     unit = train.length.unit
+    batch = f"batch {train.batch}"
+    if train.repeats > 1:
+        batch += f" ({train.repeats} augmented copies of each image)"
     lines = [
         f"Recipe: {train.recipe}." if train.recipe else "Recipe: the spec's own.",
         f"Data: {DATASET_TITLES[train.data.kind]}; {pipeline_summary(train)}.",
-        f"SGD: lr {opt.lr:g}, momentum {opt.momentum:g}, weight decay {opt.weight_decay:g}"
-        f"{', Nesterov' if opt.nesterov else ''}; batch {train.batch}; "
-        f"{train.length.value} {unit}.",
+        f"{optimizer_text(train.optimizer)}; {batch}; {train.length.value} {unit}.",
     ]
     schedule = train.schedule
     if isinstance(schedule, ir.MultiStep):
@@ -205,6 +260,11 @@ def recipe_lines(spec: ir.Spec) -> list[str]:
             f"Schedule: lr x {schedule.factor:g} when the validation error has not improved by "
             f"{schedule.threshold:g} for {schedule.patience} validations."
         )
+    elif isinstance(schedule, ir.Cosine):
+        lines.append(f"Schedule: cosine to {schedule.min_lr:g}, changed every {schedule.per}.")
+    elif isinstance(schedule, ir.Piecewise):
+        points = ", ".join(f"{x:g}: {y:g}" for x, y in schedule.points)
+        lines.append(f"Schedule: lr x a piecewise-linear factor over training ({points}).")
     if isinstance(train.warmup, ir.WarmupUntil):
         lines.append(
             f"Warm-up: lr {train.warmup.lr:g} until the training error is below "
@@ -212,10 +272,43 @@ def recipe_lines(spec: ir.Spec) -> list[str]:
         )
     elif isinstance(train.warmup, ir.WarmupFor):
         lines.append(f"Warm-up: lr {train.warmup.lr:g} for {train.warmup.length} {unit}.")
+    elif isinstance(train.warmup, ir.WarmupLinear):
+        lines.append(
+            f"Warm-up: linear from lr x {train.warmup.start_factor:g} for "
+            f"{train.warmup.length} {unit}."
+        )
+    loss = train.loss
+    if loss != ir.CrossEntropy():
+        text = "cross entropy" if loss.kind == "cross_entropy" else "binary cross entropy"
+        if loss.label_smoothing:
+            text += f", label smoothing {loss.label_smoothing:g}"
+        if getattr(loss, "target_threshold", None) is not None:
+            text += f", targets above {loss.target_threshold:g} made 1"
+        lines.append(f"Loss: {text}.")
+    if train.mix is not None:
+        mixes = [f"{name} (alpha {getattr(train.mix, name):g})" for name in ("mixup", "cutmix")
+                 if getattr(train.mix, name) is not None]  # fmt: skip
+        lines.append("Mixing: " + " or ".join(mixes) + ", one per batch.")
+    if train.ema is not None:
+        lines.append(
+            f"EMA of the weights: decay {train.ema.decay:g}"
+            + (" (adjusted)" if train.ema.adjust else "")
+            + f", every {train.ema.every} iterations."
+        )
+    if train.precision is not None:
+        lines.append(f"Precision: {train.precision}.")
     lines.append("Evaluation: " + ", ".join(p.op.replace("_", " ") for p in train.eval) + ".")
     return [
         wrapped for line in lines for wrapped in textwrap.wrap(line, 96, subsequent_indent="  ")
     ]
+
+
+def uses_lr_scheduler(train: ir.Train) -> bool:
+    """Whether the learning rate is the library's scheduler (torch.optim.lr_scheduler, optax's
+    schedules) rather than the paper's schedules (a function of the iteration, in Schedule)."""
+    return isinstance(train.schedule, ir.Cosine | ir.Piecewise) or isinstance(
+        train.warmup, ir.WarmupLinear
+    )
 
 
 def train_context(spec: ir.Spec) -> dict:
@@ -233,12 +326,30 @@ def train_context(spec: ir.Spec) -> dict:
         ),
         "recipe_lines": recipe_lines(spec),
         "schedule_doc": schedule_doc(train),
+        "optimizer": train.optimizer,
+        # parameter groups: normalization weights or biases decayed apart
+        "grouped": train.optimizer.norm_weight_decay is not None
+        or train.optimizer.bias_weight_decay is not None,
+        "lr_scheduler": uses_lr_scheduler(train),
+        "per_epoch": isinstance(train.schedule, ir.Cosine) and train.schedule.per == "epoch",
+        "loss": train.loss,
+        "mix": train.mix,
+        "ema": train.ema,
+        "repeats": train.repeats,
+        "precision": train.precision,
+        "flip_average": any(p.op == "flip_average" for p in train.eval),
+        # the data knows its iterations per epoch: for a length in epochs, an adjusted EMA
+        "epoch_length": train.length.unit == "epochs" or bool(train.ema and train.ema.adjust),
     }
 
 
 def schedule_doc(train: ir.Train) -> str:
     schedule, unit = train.schedule, train.length.unit
-    if isinstance(schedule, ir.MultiStep):
+    if isinstance(schedule, ir.Cosine):
+        text = "LR to MIN_LR along half a cosine"
+    elif isinstance(schedule, ir.Piecewise):
+        text = "LR times the factor of LR_POINTS, linear between them"
+    elif isinstance(schedule, ir.MultiStep):
         text = f"LR, times {schedule.factor:g} at each milestone"
     elif isinstance(schedule, ir.Plateau):
         text = f"LR, times {schedule.factor:g} when the validation error plateaus"
@@ -250,4 +361,9 @@ def schedule_doc(train: ir.Train) -> str:
         )
     elif isinstance(train.warmup, ir.WarmupFor):
         text = f"WARMUP_LR for the first {train.warmup.length} {unit}, then {text}"
+    elif isinstance(train.warmup, ir.WarmupLinear):
+        text = (
+            f"LR x WARMUP_FACTOR rising linearly to LR over the first {train.warmup.length} "
+            f"{unit}, then {text}"
+        )
     return text

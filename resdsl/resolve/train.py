@@ -735,6 +735,12 @@ def _check_counts(train: ir.Train, st: dict[str, s.Statement], report: Report) -
             "of training",
             st["validate"].span,
         )
+    if isinstance(schedule, ir.Cosine) and schedule.per == "epoch" and unit != "epochs":
+        report.error(
+            "a cosine changed every epoch needs a length in epochs",
+            st["schedule"].span,
+            "write `length N epochs`, or `schedule cosine` (changed every iteration)",
+        )
     warmup = train.warmup
     if isinstance(warmup, ir.WarmupFor | ir.WarmupLinear) and warmup.length >= length:
         report.error(
