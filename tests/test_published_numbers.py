@@ -110,7 +110,8 @@ def test_variants_against_their_papers():
 @pytest.mark.parametrize("spec", SPECS)
 def test_every_spec_is_valid_and_its_depth_matches_its_name(spec):
     loaded, analysis = load_spec(spec)
-    digits = re.search(r"(\d+)$", loaded.network.name)
-    if digits and loaded.network.name.startswith(("resnet", "plain", "preact")):
+    # the depth follows the family: resnet20_fast, resnet50_a2, preact_resnet164
+    digits = re.match(r"(?:resnet|plain|preact_resnet)(\d+)", loaded.network.name)
+    if digits:
         stem_extra = 2 if loaded.network.stem.name in ("deep", "tiered") else 0
         assert analysis.depth == int(digits.group(1)) + stem_extra
