@@ -2,7 +2,8 @@
 
 Order of precedence, lowest first: a base spec, the spec that extends it, `--set` values. A
 recipe's train section is overridden statement by statement by the spec's own; the options of
-`optimizer`, `batchnorm` and `head` are overridden one by one.
+`optimizer`, `batchnorm`, `head`, `loss`, `ema`, `batch` and `drop_path` are overridden one by
+one (those of `optimizer` and `loss` when they name the same kind).
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ from .train import TrainReader
 from .values import Number, Values, show
 
 RECIPES = Path(__file__).parent.parent / "recipes"
-MERGED_OPTIONS = ("optimizer", "batchnorm", "head")
+MERGED_OPTIONS = ("optimizer", "batchnorm", "head", "loss", "ema", "batch", "drop_path")
+# statements whose value is replaced while their options are kept: `batch 256` keeps a recipe's
+# `, repeated_augmentation 4`, `drop_path 0.1` its `, rule timm`
+VALUE_AND_OPTIONS = ("batch", "drop_path")
 
 
 def recipe_names() -> list[str]:
@@ -467,7 +471,8 @@ def _override(base: s.Statement | None, new: s.Statement) -> s.Statement:
     """`new` replaces `base`, except that option-only statements merge option by option."""
     if base is None or new.keyword not in MERGED_OPTIONS:
         return new
-    if new.args and [_text(a) for a in new.args] != [_text(a) for a in base.args]:
+    same = [_text(a) for a in new.args] == [_text(a) for a in base.args]
+    if new.args and not same and new.keyword not in VALUE_AND_OPTIONS:
         return new
     names = {o.name.text for o in new.options}
     kept = tuple(o for o in base.options if o.name.text not in names)
