@@ -20,7 +20,7 @@ from tests.test_torch_folder import write_tree
 from tests.test_torch_trainer import compile_to, import_package, run_train, write_spec
 
 torch = pytest.importorskip("torch")
-timm = pytest.importorskip("timm")
+pytest.importorskip("timm")
 import timm.data.distributed_sampler  # noqa: E402
 import timm.data.mixup  # noqa: E402
 import timm.loss  # noqa: E402
