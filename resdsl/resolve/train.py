@@ -459,6 +459,15 @@ class TrainReader:
             )  # fmt: skip
             return None
         for key, values in named.items():
+            stray = next((v for v in values if isinstance(v, s.Ref) and key != "interpolation"
+                          and v.name not in self.values.params), None)  # fmt: skip
+            if stray is not None:
+                self.report.error(
+                    f"unknown {name} option `{stray.name}`",
+                    stray.span,
+                    did_you_mean(stray.name, keys, f"{name} options"),
+                )
+                return None
             if not values:
                 self.report.error(f"`{key}` of `{name}` needs a value", span,
                                   f"write it as `{_STEP_EXAMPLES[name]}`")  # fmt: skip
