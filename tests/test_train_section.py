@@ -147,3 +147,13 @@ def test_the_paper_recipes_read_as_before():
     assert train.optimizer == ir.SGD(lr=0.1, momentum=0.9, weight_decay=1e-4)
     assert train.loss == ir.CrossEntropy() and train.mix is None and train.ema is None
     assert (train.repeats, train.precision, train.warmup) == (1, None, None)
+
+
+def test_the_docs_quote_the_grammar_and_the_recipes_as_they_are():
+    docs = (ROOT / "docs" / "language.md").read_text()
+    blocks = docs.split("```")[1::2]
+    assert "lark\n" + (ROOT / "resdsl" / "grammar.lark").read_text() in blocks
+    quoted = [b for b in blocks if b.startswith("res\n# ")]
+    for recipe in ("paper_cifar", "paper_imagenet", "torchvision_v2", "fast_cifar"):
+        text = (ROOT / "resdsl" / "recipes" / f"{recipe}.res").read_text()
+        assert "res\n" + text in quoted, recipe
