@@ -175,8 +175,12 @@ def _merge(chain: list[Sections]) -> Merged:
                 merged.unnamed.append(statement)
             else:
                 network[_key(statement)] = statement
-        if file.train_head is not None:
-            merged.train_head, merged.train = file.train_head, file.train
+        if file.train_head is not None:  # a recipe named starts again; a body builds on
+            if len(file.train_head.split()) > 1 or merged.train_head is None:
+                merged.train_head = file.train_head
+                merged.train = _recipe(file.train_head, file.train)
+            else:
+                merged.train = _recipe(None, merged.train + file.train)
     merged.statements = [s for k, s in network.items() if not k.startswith("stage ")]
     merged.stages = [s for k, s in network.items() if k.startswith("stage ")]
     return merged
@@ -240,11 +244,14 @@ def new_spec(file: Path, base: Path) -> str:
         out += [f"    #   {s}" for s in merged.unnamed]
     out.append("}")
     if merged.train_head is not None:
+        words = merged.train_head.split()
+        recipe = f" (its recipe: {words[1]})" if len(words) > 1 else ""
         out += [
             "",
-            "# A train section written here replaces the base's whole. The base trains with:",
-            f"# {merged.train_head} {{",
-            *(f"#     {s}" for s in _align(_recipe(merged.train_head, merged.train))),
+            "# A train section written here builds on the base's, statement by statement: uncomment",
+            f"# `train {{`, `}}` and the statements to change. The base trains with{recipe}:",
+            "# train {",
+            *(f"#     {s}" for s in _align(merged.train)),
             "# }",
         ]
     return "\n".join(out) + "\n"
