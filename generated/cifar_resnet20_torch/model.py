@@ -126,6 +126,7 @@ class ResNet(nn.Module):
         return x
 
 
-def build_model() -> ResNet:
-    """The network of specs/cifar/resnet20.res, initialised."""
-    return ResNet()
+def build_model(num_classes: int = 10) -> ResNet:
+    """The network of specs/cifar/resnet20.res, initialised; `num_classes` sets its classifier's
+    outputs."""
+    return ResNet(num_classes)

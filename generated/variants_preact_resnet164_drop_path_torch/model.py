@@ -162,6 +162,7 @@ class ResNet(nn.Module):
         return x
 
 
-def build_model() -> ResNet:
-    """The network of specs/variants/preact_resnet164_drop_path.res, initialised."""
-    return ResNet()
+def build_model(num_classes: int = 10) -> ResNet:
+    """The network of specs/variants/preact_resnet164_drop_path.res, initialised; `num_classes` sets its classifier's
+    outputs."""
+    return ResNet(num_classes)

@@ -152,6 +152,7 @@ class ResNet(nn.Module):
         return x
 
 
-def build_model() -> ResNet:
-    """The network of specs/variants/resnet50_dilated.res, initialised."""
-    return ResNet()
+def build_model(num_classes: int = 1000) -> ResNet:
+    """The network of specs/variants/resnet50_dilated.res, initialised; `num_classes` sets its classifier's
+    outputs."""
+    return ResNet(num_classes)

@@ -648,9 +648,10 @@ def render_model(lowered: Lowered, spec, analysis: Analysis, header: str, custom
         imports.append("import torch.nn.functional as F")
     imports.append("from torch import nn")
     build = (
-        "def build_model() -> ResNet:\n"
-        f'    """The network of {code_text(spec.path)}, initialised."""\n'
-        "    return ResNet()\n"
+        f"def build_model(num_classes: int = {net.classes}) -> ResNet:\n"
+        f'    """The network of {code_text(spec.path)}, initialised; `num_classes` sets its classifier\'s\n'
+        '    outputs."""\n'
+        "    return ResNet(num_classes)\n"
     )
     parts = [header + module_doc(lowered, spec, analysis), "\n".join(imports), *helpers, body,
              build]  # fmt: skip
