@@ -312,3 +312,24 @@ def test_stage_shortcuts_can_replace_the_network_one(tmp_path):
     )
     spec, _ = load_spec(write(tmp_path, "net.res", text))
     assert [s.shortcut for s in spec.network.stages] == ["A", "B", "C"]
+
+
+@pytest.mark.parametrize("marker", [".git", "pyproject.toml", ".resdsl"])
+def test_extends_reaches_across_the_folders_of_a_project(tmp_path, monkeypatch, marker):
+    project = tmp_path / "project"
+    (project / "specs" / "base").mkdir(parents=True)
+    write(project / "specs" / "base", "base.res", CIFAR_NET.replace("network net", "network base"))
+    mine = project / "specs" / "mine"
+    mine.mkdir(parents=True)
+    write(mine, "x.res", 'network x extends "../base/base.res"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # resdsl run from outside the project
+    with pytest.raises(SpecError, match="outside the spec's project"):
+        load_spec(mine / "x.res")  # no marker: the spec's own directory only
+    (project / marker).mkdir() if marker == ".git" else (project / marker).write_text("")
+    assert load_spec(mine / "x.res")[0].network.name == "x"
+    write(mine, "y.res", f'network y extends "{tmp_path}/outside.res"\n')
+    write(tmp_path, "outside.res", CIFAR_NET)
+    with pytest.raises(SpecError, match="outside the spec's project"):
+        load_spec(mine / "y.res")  # out of the project: refused, never read

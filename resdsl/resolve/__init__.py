@@ -129,8 +129,8 @@ class Loader:
     def chain(self, path: Path) -> list[s.SpecFile]:
         """The spec and the specs it extends, base first.
 
-        `extends` reaches only `.res` files inside the spec's tree (the working directory when
-        the spec lies inside it, else the spec's own directory) or the working directory's."""
+        `extends` reaches only `.res` files inside the spec's project (`spec_root`) or the
+        working directory's tree."""
         files: list[s.SpecFile] = []
         seen: list[Path] = []
         root = spec_root(path)
@@ -179,11 +179,11 @@ class Loader:
             return False
         if not (target.is_relative_to(root) or target.is_relative_to(Path.cwd().resolve())):
             self.report.error(
-                f"`extends` refuses {extends.value!r}: it lies outside the spec's tree ({root}) "
+                f"`extends` refuses {extends.value!r}: it lies outside the spec's project ({root}) "
                 "and the working directory's",
                 extends.span,
-                "extend a spec in the same directory tree, or run resdsl from a directory "
-                "that holds both",
+                "extend a spec of the same project (the directory above it with a .git, a "
+                "pyproject.toml or a .resdsl file), or run resdsl from a directory that holds both",
             )
             return False
         return True
@@ -498,11 +498,19 @@ def _kind(value: Number) -> str:
     return "whole number" if isinstance(value, int) else "number"
 
 
+# what marks a project's root, as git, Python tools and resdsl's own marker file find one
+PROJECT_MARKERS = (".git", "pyproject.toml", ".resdsl")
+
+
 def spec_root(path: Path) -> Path:
-    """What `extends` may reach: the working directory when the spec lies inside it, else the
-    spec's own directory."""
-    here = Path.cwd().resolve()
+    """What `extends` may reach: the spec's project, the nearest directory above the spec that
+    holds a `.git`, a `pyproject.toml` or a `.resdsl` file; without one, the working directory
+    when the spec lies inside it, else the spec's own directory."""
     spec = path.resolve()
+    for directory in spec.parents:
+        if any((directory / marker).exists() for marker in PROJECT_MARKERS):
+            return directory
+    here = Path.cwd().resolve()
     return here if spec.is_relative_to(here) else spec.parent
 
 
