@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from resdsl.compile import build_files
+from resdsl.frontend import load_spec
 from tests.helpers import ROOT, kill_at_checkpoint, logged, torch_checkpoint
 from tests.test_torch_trainer import compile_to, import_package, run_train, write_spec
 
@@ -472,5 +474,8 @@ def test_folder_packages_have_no_unused_names(package, tmp_path):
         result = subprocess.run([find_ruff_bin(), "check", "--isolated", "--select", "F,E9",
                                  str(out)], capture_output=True, text=True, check=False)  # fmt: skip
         assert result.returncode == 0, result.stdout
-    common = (ROOT / "templates/common/folder.py.jinja").read_text()
-    assert "import torch" not in common and "torch." not in common  # reusable by other backends
+    # the shared pipeline is numpy and PIL, reusable by the JAX package: torch (torchvision's
+    # transforms) only in the packages of specs with photo augmentations
+    spec, analysis = load_spec(ROOT / "specs/resnet18.res")
+    jax_data = build_files(spec, analysis, backend="jax")["data.py"]
+    assert "import torch" not in jax_data and "torch." not in jax_data

@@ -337,3 +337,21 @@ def test_the_fast_recipe_resumes_exactly_with_mixing_and_an_average(tmp_path):
     assert set(final["results"]) == {"test", "test_ema"}
     assert set(final["results"]["test"]) == {"flip_average"}
     assert math.isfinite(final["test_top1_error"])
+
+
+# --- the memory format on the CPU ---------------------------------------------------------------
+def test_channels_last_on_the_cpu_unless_a_strided_1x1_meets_avx512(tmp_path):
+    """torch 2.14.1's channels_last backward of strided 1x1 convolutions corrupts memory on
+    AVX-512 CPUs: networks with one keep the contiguous format there, the others gain speed."""
+    cpu = torch.device("cpu")
+    capability = torch.backends.cpu.get_cpu_capability()
+    for spec, strided in (("specs/fashion-mnist/resnet20.res", False),
+                          ("specs/cifar/resnet20.res", False), ("specs/resnet50.res", True)):  # fmt: skip
+        pkg = import_package(compile_to(ROOT / spec, tmp_path / spec.replace("/", "_")))
+        train = pkg["train"]
+        args = train.parse_args(["--device", "cpu"])
+        train.choose_defaults(args, cpu, 1)
+        assert args.channels_last == (not strided or capability != "AVX512"), spec
+        args = train.parse_args(["--device", "cpu", "--no-channels-last"])
+        train.choose_defaults(args, cpu, 1)
+        assert args.memory_format == torch.contiguous_format

@@ -21,9 +21,22 @@ def render_package(
         "README.md": render_template("torch/README.md.jinja", **context),
     }
     if spec.train is not None:
-        context |= train_context(spec)
+        context |= train_context(spec) | {"strided_1x1": _has_strided_1x1(analysis)}
         files["data.py"] = render_template("torch/data.py.jinja", **context)
         files["train.py"] = render_template("torch/train.py.jinja", **context)
         files["export.py"] = render_template("torch/export.py.jinja", **context)
         files["runtime.py"] = runtime_module(header)
     return files
+
+
+def _has_strided_1x1(analysis: Analysis) -> bool:
+    """Whether the network has a strided 1x1 convolution (a projection shortcut, a bottleneck
+    that subsamples in its first 1x1): the layer whose channels_last backward torch 2.14.1 gets
+    wrong on AVX-512 CPUs."""
+    lowered = analysis.lowered
+    blocks = [lowered.stem] + [block for stage in lowered.stages for block in stage.blocks]
+    return any(
+        layer.kind == "conv" and tuple(layer.args["kernel"]) == (1, 1) and layer.args["stride"] > 1
+        for block in blocks
+        for layer in block.layers()
+    )
