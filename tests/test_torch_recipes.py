@@ -355,3 +355,30 @@ def test_channels_last_on_the_cpu_unless_a_strided_1x1_meets_avx512(tmp_path):
         args = train.parse_args(["--device", "cpu", "--no-channels-last"])
         train.choose_defaults(args, cpu, 1)
         assert args.memory_format == torch.contiguous_format
+
+
+def test_validation_with_a_scheduler_of_torch(tmp_path):
+    package = package_of(tmp_path, """
+        network n {
+            input    3x16x16
+            classes  10
+            stem     cifar, width 8
+            block    basic
+            shortcut B
+            stage a: 1 x 8
+        }
+        train {
+            data     synthetic
+            schedule cosine
+            warmup   linear from 0.1 for 2
+            validate every 3
+            length   8 iterations
+            batch    16
+            optimizer sgd, lr 0.1
+            eval     single_view
+        }
+    """)  # fmt: skip
+    result = run_train(package, "--out", str(tmp_path / "run"), "--eval-images", "50")
+    assert result.returncode == 0, result.stderr
+    splits = [r["iteration"] for r in logged(tmp_path / "run") if "split" in r]
+    assert splits == [3, 6, 8]  # validations on the test split (no val_split), then the end
