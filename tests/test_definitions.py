@@ -56,9 +56,15 @@ def test_the_compiler_has_no_block_specific_code():
     """Block, stem and shortcut names appear in the prelude, not in the compiler's code (the
     shortcuts' descriptions are the comments above their definitions)."""
     names = ['"bottleneck"', '"preact_basic"', '"imagenet"', '"cifar"', '"A"', '"B"', '"C"', '"D"']
+    # the train section's readers name ImageNet's statistics and policy (`normalize imagenet`,
+    # `auto_augment imagenet`), not the stem
+    training = {ROOT / "resdsl" / "ir.py", ROOT / "resdsl" / "resolve" / "train.py",
+                ROOT / "resdsl" / "backends" / "templating.py"}  # fmt: skip
     for path in (ROOT / "resdsl").rglob("*.py"):
         text = path.read_text()
         for name in names:
+            if name == '"imagenet"' and path in training:
+                continue
             assert name not in text, (path, name)
 
 

@@ -157,19 +157,18 @@ def folder_context(spec: ir.Spec) -> dict:
     }
 
 
-def _normalize_text(step) -> str:
-    if step.source == "imagenet":
-        return "normalized by ImageNet's mean and standard deviation"
-    if step.source == "dataset":
-        return "normalized by the training split's mean and standard deviation"
-    return "normalized by the given mean and standard deviation"
+NORMALIZE_TEXTS = {
+    "imagenet": "normalized by ImageNet's mean and standard deviation",
+    "dataset": "normalized by the training split's mean and standard deviation",
+    "given": "normalized by the given mean and standard deviation",
+}
 
 
 def step_text(step) -> str:
     return {
         "pad_to": lambda: f"zero-padded to {step.size}x{step.size}",
         "subtract_mean": lambda: f"{step.mode.replace('_', '-')} mean subtracted",
-        "normalize": lambda: _normalize_text(step),
+        "normalize": lambda: NORMALIZE_TEXTS[step.source],
         "pad": lambda: (
             f"{step.pixels}-pixel {'reflecting' if step.mode == 'reflect' else 'zero'} pad"
         ),
