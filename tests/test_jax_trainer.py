@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -34,7 +35,6 @@ from tests.helpers import (
     kill_at_checkpoint,
     last_logged,
     logged,
-    runtime,
 )
 from tests.test_jax_model import imported
 from tests.test_torch_folder import FULL, LEAN, TINY, write_tree
@@ -689,9 +689,9 @@ def test_bad_checkpoints_are_refused_by_name_and_left_in_place(synthetic, tmp_pa
 
     train = import_package(synthetic)["train"]
     variables = jax.tree.map(np.asarray, train.init_variables(0))
-    writer = runtime.RunDirectory(tmp_path, "good.msgpack")
-    writer.save_checkpoint(serialization.msgpack_serialize({"variables": variables}), train.SPEC)
     good = tmp_path / "good.msgpack"
+    sealed = train.runtime.seal({"variables": variables}, train.SPEC, train.array_bytes)
+    good.write_bytes(serialization.msgpack_serialize(sealed))
     saved = train.load_checkpoint(good)
     same = jax.tree.map(np.array_equal, train.checked_variables(saved, good), variables)
     assert all(jax.tree.leaves(same))
@@ -699,17 +699,24 @@ def test_bad_checkpoints_are_refused_by_name_and_left_in_place(synthetic, tmp_pa
     flipped[-100] ^= 0x01
     (tmp_path / "flipped.msgpack").write_bytes(flipped)
     (tmp_path / "old.pkl").write_bytes(b"\x80\x05}q\x00.")  # a pickle, as earlier trainers wrote
-    runtime.RunDirectory(tmp_path, "other.msgpack").save_checkpoint(good.read_bytes(), "a.res")
+    other = train.runtime.seal({"variables": variables}, "a.res", train.array_bytes)
+    (tmp_path / "other.msgpack").write_bytes(serialization.msgpack_serialize(other))
+    (tmp_path / "plain.msgpack").write_bytes(serialization.msgpack_serialize(variables))
+    (tmp_path / "torch.pt").write_bytes(b"PK\x03\x04" + bytes(100))
     cases = {
         "flipped.msgpack": "is damaged or cut short",
         "old.pkl": "is not a checkpoint written by a resdsl trainer",
         "other.msgpack": f"is a checkpoint of a.res, not of {train.SPEC}",
+        "plain.msgpack": "is not a checkpoint of a resdsl trainer (it has no `resdsl` entry)",
+        "torch.pt": "is a PyTorch trainer's checkpoint (torch.save); this JAX trainer reads",
         "missing.msgpack": "does not exist",
     }
     for name, message in cases.items():
         path = tmp_path / name
         before = path.read_bytes() if path.exists() else None
-        with pytest.raises(train.runtime.RunError, match=f"^{path} .*{message}"):
+        with pytest.raises(
+            train.runtime.RunError, match=f"^{re.escape(str(path))} .*{re.escape(message)}"
+        ):
             train.load_checkpoint(path)
         assert (path.read_bytes() if path.exists() else None) == before
     smaller = {"variables": {"params": {"fc": {"bias": np.zeros(3, np.float32)}}}}

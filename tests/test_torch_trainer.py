@@ -631,7 +631,7 @@ def test_bad_checkpoints_are_refused_by_name_and_left_in_place(fashion, finished
     train = pkg["train"]
     RunError = train.runtime.RunError
     good = (finished_run / "checkpoint.pt").read_bytes()
-    payload = runtime.read_checkpoint(finished_run / "checkpoint.pt", None)
+    state = torch_checkpoint(finished_run / "checkpoint.pt")
     flipped = bytearray(good)
     flipped[len(good) // 2] ^= 0x10
     cases = {
@@ -641,19 +641,25 @@ def test_bad_checkpoints_are_refused_by_name_and_left_in_place(fashion, finished
         "random.pt": (np.random.default_rng(0).bytes(5000), "is not a checkpoint written by"),
         "truncated.pt": (good[: len(good) // 3], "is damaged or cut short"),
         "flipped.pt": (bytes(flipped), "is damaged or cut short"),
+        "jax.msgpack": (
+            b"\x82\xa1a\x01\xa1b\x02",
+            "is a JAX trainer's checkpoint (Flax's msgpack)",
+        ),
+        "format1.pt": (b"resdsl checkpoint 1\n{}\n", "a checkpoint of an earlier resdsl trainer"),
     }
-    buffer = io.BytesIO()
-    torch.save({"model": torch.nn.Linear(2, 2).state_dict()}, buffer)
-    for name, (spec, data) in {"other_spec.pt": ("specs/other.res", payload),
-                               "other_net.pt": (train.SPEC, buffer.getvalue()),
-                               "plain_torch.pt": (None, buffer.getvalue())}.items():  # fmt: skip
-        if spec is None:
-            (tmp_path / name).write_bytes(data)
-        else:
-            runtime.RunDirectory(tmp_path, name).save_checkpoint(data, spec)
+    linear = {"model": torch.nn.Linear(2, 2).state_dict()}
+    for name, written in {"other_spec.pt": train.runtime.seal(state, "specs/other.res", train.tensor_bytes),
+                          "other_net.pt": train.runtime.seal(linear, train.SPEC, train.tensor_bytes),
+                          "plain_torch.pt": linear["model"]}.items():  # fmt: skip
+        buffer = io.BytesIO()
+        torch.save(written, buffer)
+        (tmp_path / name).write_bytes(buffer.getvalue())
     cases["other_spec.pt"] = (None, f"is a checkpoint of specs/other.res, not of {train.SPEC}")
     cases["other_net.pt"] = (None, "does not hold weights of this network")
-    cases["plain_torch.pt"] = (None, "is not a checkpoint written by a resdsl trainer")
+    cases["plain_torch.pt"] = (
+        None,
+        "is not a checkpoint of a resdsl trainer (it has no `resdsl` entry)",
+    )
     model = pkg["model"].build_model()
     for name, (data, message) in cases.items():
         path = tmp_path / name

@@ -164,9 +164,9 @@ def autocast(args, device):
 # Checkpoints --------------------------------------------------------------------------------
 def save_checkpoint(run: runtime.RunDirectory, model: torch.nn.Module, parts: dict, iteration: int,
                     clock: dict, window: list) -> None:  # fmt: skip
-    """torch.save of the model's and `parts`' state dicts, the random generators' states, the
-    clock and the log window (so that the log line after a resume is the same), with the spec and
-    a checksum (runtime.py), renamed into place."""
+    """torch.save of a dict: the model's and `parts`' state dicts, the random generators' states,
+    the clock and the log window (so that the log line after a resume is the same), sealed with
+    the spec and their digest (runtime.seal), renamed into place. torch.load reads it."""
     device = next(model.parameters()).device
     state = {
         "model": model.state_dict(),
@@ -178,15 +178,24 @@ def save_checkpoint(run: runtime.RunDirectory, model: torch.nn.Module, parts: di
     }
     state |= {"iteration": iteration, "clock": clock, "log_window": [t.cpu() for t in window]}
     buffer = io.BytesIO()
-    torch.save(state, buffer)
-    run.save_checkpoint(buffer.getvalue(), SPEC)
+    torch.save(runtime.seal(state, SPEC, tensor_bytes), buffer)
+    run.save_checkpoint(buffer.getvalue())
+
+
+def tensor_bytes(value) -> bytes | None:
+    """What a checkpoint's digest reads of a tensor: its dtype, shape and bytes (None: no tensor)."""
+    if not isinstance(value, torch.Tensor):
+        return None
+    flat = value.detach().cpu().contiguous().reshape(-1)
+    return f"{flat.dtype}{tuple(value.shape)}".encode() + flat.view(torch.uint8).numpy().tobytes()
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, device: torch.device) -> dict:
     """A checkpoint of this spec, its weights loaded into `model`; anything else is refused."""
-    payload = runtime.read_checkpoint(path, SPEC)
+    state = runtime.open_checkpoint(
+        path, SPEC, "torch", lambda p: torch.load(p, map_location=device), tensor_bytes
+    )
     try:
-        state = torch.load(io.BytesIO(payload), map_location=device)
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError, TypeError, ValueError) as error:
         reason = str(error).strip().splitlines()[0]

@@ -441,19 +441,28 @@ def save_checkpoint(run: runtime.RunDirectory, host: dict, parts: dict, iteratio
                     window: list) -> None:  # fmt: skip
     """The training state copied to the host (`host`), the state dicts of `parts`, the clock and
     the log window (so that the log line after a resume is the same) as NumPy arrays and Python
-    values in Flax's msgpack format, with the spec and a checksum (runtime.py)."""
+    values in Flax's msgpack format, sealed with the spec and their digest (runtime.seal):
+    flax.serialization.msgpack_restore reads it."""
     state = {"variables": variables_of(host), "opt_state": jax.tree.leaves(host["opt_state"])}
     state |= {name: part.state_dict() for name, part in parts.items()}
     state |= {"iteration": iteration, "clock": clock, "log_window": jax.device_get(window)}
-    run.save_checkpoint(serialization.msgpack_serialize(state), SPEC)
+    state = jax.device_get(state)
+    run.save_checkpoint(serialization.msgpack_serialize(runtime.seal(state, SPEC, array_bytes)))
+
+
+def array_bytes(value) -> bytes | None:
+    """What a checkpoint's digest reads of an array: its dtype, shape and bytes (None: no array)."""
+    if not isinstance(value, np.ndarray | np.generic):
+        return None
+    value = np.ascontiguousarray(value)
+    return f"{value.dtype}{value.shape}".encode() + value.tobytes()
 
 
 def load_checkpoint(path: Path) -> dict:
     """A checkpoint of this spec; anything else is refused."""
-    try:
-        return serialization.msgpack_restore(runtime.read_checkpoint(path, SPEC))
-    except (ValueError, TypeError) as error:
-        raise runtime.RunError(f"{path} cannot be read ({error})") from None
+    return runtime.open_checkpoint(
+        path, SPEC, "jax", lambda p: serialization.msgpack_restore(p.read_bytes()), array_bytes
+    )
 
 
 def variables_of(state: dict) -> dict:

@@ -2,8 +2,8 @@
 # Edit the spec, not this file; regenerate with:
 #   resdsl compile specs/variants/se_resnet50.res --backend jax
 """What every trainer does the same way, whatever its spec and framework: check the command line,
-hold the run directory, write its files (metrics.jsonl, final.json, checkpoints with a checksum)
-so that none is ever half written, and stop cleanly on Ctrl-C or SIGTERM.
+hold the run directory, write its files (metrics.jsonl, final.json, checkpoints that carry their
+own digest) so that none is ever half written, and stop cleanly on Ctrl-C or SIGTERM.
 
 train.py imports it; it needs only the standard library. Every fault a user can fix ends the run
 with one line naming the file and what to do, and an exit status of 2 (the command line) or 1.
@@ -15,6 +15,7 @@ import fcntl
 import hashlib
 import json
 import math
+import numbers
 import os
 import shlex
 import signal
@@ -23,7 +24,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-CHECKPOINT_MAGIC = b"resdsl checkpoint 1\n"
+CHECKPOINT_FORMAT = 2  # of the `resdsl` entry in a checkpoint's dict: format, spec, sha256
+# what a checkpoint file is, by its first bytes (checkpoint_kind)
+CHECKPOINT_KINDS = {
+    "torch": "a PyTorch trainer's checkpoint (torch.save)",
+    "jax": "a JAX trainer's checkpoint (Flax's msgpack)",
+    "format 1": "a checkpoint of an earlier resdsl trainer (a text header, then the state)",
+}
 
 
 class RunError(Exception):
@@ -314,13 +321,9 @@ class RunDirectory:
         except OSError as error:
             raise Stopped(f"cannot write {path}: {error.strerror}", self.checkpoint) from None
 
-    def save_checkpoint(self, payload: bytes, spec: str) -> None:
-        """The checkpoint: a line of magic, a JSON header with the spec and a SHA-256 of the spec
-        and the payload, then the payload (the framework's serialised state)."""
-        header = {"spec": spec, "bytes": len(payload), "sha256": checksum(spec, payload)}
-        self.write(
-            self.checkpoint, CHECKPOINT_MAGIC + json.dumps(header).encode() + b"\n" + payload
-        )
+    def save_checkpoint(self, payload: bytes) -> None:
+        """The checkpoint: the framework's file of a sealed state (`seal`), renamed into place."""
+        self.write(self.checkpoint, payload)
 
 
 def write_file(path: Path, data: bytes) -> None:
@@ -364,45 +367,97 @@ def alive(pid: int) -> bool:
     return True
 
 
-def checksum(spec: str, payload: bytes) -> str:
-    return hashlib.sha256(spec.encode() + b"\0" + payload).hexdigest()
+def checkpoint_kind(head: bytes) -> str | None:
+    """Which trainer wrote a file, from its first bytes: a zip archive is torch.save's, a
+    non-empty msgpack map Flax's; None for anything else (a pickle starts with 0x80)."""
+    if head.startswith(b"PK\x03\x04"):
+        return "torch"
+    if head[:1] and (0x81 <= head[0] <= 0x8F or head[0] in (0xDE, 0xDF)):  # 0x80: a pickle's
+        return "jax"
+    if head.startswith(b"resdsl checkpoint 1\n"):
+        return "format 1"
+    return None
 
 
-def read_checkpoint(path: Path, spec: str | None) -> bytes:
-    """The payload of a checkpoint written by `save_checkpoint` for `spec` (None: any spec).
-    A missing, foreign, damaged or other spec's file is refused, and left as it is."""
+def state_digest(state, array_bytes: Callable) -> str:
+    """SHA-256 of a checkpoint's state: its keys, numbers, strings and structure, and the dtype,
+    shape and bytes of its arrays (`array_bytes(value)` gives them, or None for what is not an
+    array). Tuples and lists count alike: msgpack reads tuples back as lists."""
+    digest = hashlib.sha256()
+
+    def walk(value) -> None:
+        data = array_bytes(value)
+        if data is not None:
+            digest.update(b"A%d:" % len(data) + data)
+        elif isinstance(value, dict):
+            digest.update(b"D%d:" % len(value))
+            for key in sorted(value, key=repr):
+                digest.update(repr(key).encode() + b"=")
+                walk(value[key])
+        elif isinstance(value, list | tuple):
+            digest.update(b"L%d:" % len(value))
+            for item in value:
+                walk(item)
+        elif value is None or isinstance(value, bool | str | bytes):
+            digest.update(b"S" + repr(value).encode() + b";")
+        elif isinstance(value, numbers.Integral):
+            digest.update(b"I%d;" % int(value))
+        elif isinstance(value, numbers.Real):
+            digest.update(b"F" + float(value).hex().encode() + b";")
+        else:
+            raise TypeError(f"a checkpoint cannot hold a {type(value).__name__}")
+
+    walk(state)
+    return digest.hexdigest()
+
+
+def seal(state: dict, spec: str, array_bytes: Callable) -> dict:
+    """The state with its `resdsl` entry: the checkpoint format, the spec and the digest, which
+    `open_checkpoint` checks. The file stays the framework's own (torch.load, msgpack_restore)."""
+    mark = {"format": CHECKPOINT_FORMAT, "spec": spec, "sha256": state_digest(state, array_bytes)}
+    return {**state, "resdsl": mark}
+
+
+def open_checkpoint(
+    path: Path, spec: str | None, kind: str, load: Callable, array_bytes: Callable
+) -> dict:
+    """The state of a checkpoint that a `kind` ("torch", "jax") trainer wrote for `spec` (None:
+    any), without its `resdsl` entry: `load(path)` reads the file as the framework does, then
+    the digest and the spec are checked. A missing, foreign, damaged or other spec's file is
+    refused with one line, and left as it is."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as file:
+            head = file.read(32)
     except FileNotFoundError:
         raise RunError(
             f"{path} does not exist; give the path of a checkpoint written by train.py"
         ) from None
     except OSError as error:
         raise RunError(f"{path} cannot be read: {error.strerror}") from None
-    if not raw.startswith(CHECKPOINT_MAGIC):
-        raise RunError(
-            f"{path} is not a checkpoint written by a resdsl trainer "
-            f"(it is {len(raw)} bytes of something else)"
-        )
-    first, _, payload = raw[len(CHECKPOINT_MAGIC) :].partition(b"\n")
+    found = checkpoint_kind(head)
+    if found != kind:
+        trainer = "PyTorch" if kind == "torch" else "JAX"
+        what = CHECKPOINT_KINDS.get(found, "not a checkpoint written by a resdsl trainer")
+        raise RunError(f"{path} is {what}; this {trainer} trainer reads the checkpoints it writes")
+    damaged = f"{path} is damaged or cut short"
+    advice = "it is left as it is: resume from a copy, or train into another directory (--out)"
     try:
-        header = json.loads(first)
-        intact = (
-            len(payload) == header["bytes"]
-            and checksum(header["spec"], payload) == header["sha256"]
-        )
-    except (ValueError, KeyError, TypeError, AttributeError):
-        intact = False
-    if not intact:
+        state = load(path)
+    except Exception as error:  # whatever the framework's reader raises on a broken file
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise RunError(f"{damaged} ({reason}); {advice}") from None
+    mark = state.pop("resdsl", None) if isinstance(state, dict) else None
+    if not isinstance(mark, dict) or mark.get("format") != CHECKPOINT_FORMAT:
         raise RunError(
-            f"{path} is damaged or cut short (its contents do not match the checksum written "
-            "with it); it is left as it is: resume from a copy, or train into another directory "
-            "(--out)"
+            f"{path} is not a checkpoint of a resdsl trainer (it has no `resdsl` entry); "
+            "weights alone start a new run with --init-from"
         )
-    if spec is not None and header["spec"] != spec:
-        raise RunError(f"{path} is a checkpoint of {header['spec']}, not of {spec}")
-    return payload
+    if state_digest(state, array_bytes) != mark.get("sha256"):
+        raise RunError(f"{damaged} (its contents do not match the digest written in it); {advice}")
+    if spec is not None and mark.get("spec") != spec:
+        raise RunError(f"{path} is a checkpoint of {mark.get('spec')}, not of {spec}")
+    return state
 
 
 # Signals ------------------------------------------------------------------------------------
