@@ -13,9 +13,8 @@ of `resdsl plot`). The table gives, per net, the test accuracy, the final traini
 mean of the log lines in the last tenth of the run), the wall time and the time per iteration,
 and says how many iterations and test images it measured and what the run shows.
 
-With --test-every N the test error is also measured every N iterations: the checkpoint the
-trainer writes there is kept aside and evaluated after training with `train.py --eval-only`,
-and the result added to metrics.jsonl as the trainer's own evaluation records are.
+With --test-every N the test error is also measured every N iterations, by the trainer itself
+(train.py --eval-every N), into metrics.jsonl; without it, at the end only.
 
 Examples (times on a 2-core CPU):
 
@@ -31,8 +30,6 @@ On a machine shared with other work, set OMP_NUM_THREADS=1 (docs/performance.md)
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import subprocess
 import sys
 import time
@@ -74,66 +71,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def train(args: argparse.Namespace, package: Path, run: Path) -> None:
-    """Train one net with its generated train.py; keep the checkpoints of --test-every aside."""
+    """Train one net with its generated train.py, which measures the test error every
+    --test-every iterations itself (its --eval-every)."""
     command = [sys.executable, str(package / "train.py"), "--out", str(run), "--device",
-               args.device, "--no-progress", "--seed", str(args.seed)]  # fmt: skip
+               args.device, "--no-progress", "--seed", str(args.seed),
+               "--eval-every", str(args.test_every or 0)]  # fmt: skip
     for flag, value in [("--iterations", args.iterations), ("--batch-size", args.batch_size),
-                        ("--eval-images", args.eval_images), ("--log-every", args.log_every),
-                        ("--checkpoint-every", args.test_every)]:  # fmt: skip
+                        ("--eval-images", args.eval_images), ("--log-every", args.log_every)]:  # fmt: skip
         if value:
             command += [flag, str(value)]
-    kept = run / "test-checkpoints"
-    process = subprocess.Popen(command)
-    seen = None
-    while process.poll() is None:
-        time.sleep(0.2)
-        if args.test_every:
-            seen = keep_checkpoint(run / "checkpoint.pt", kept, seen)
-    if process.returncode != 0:
-        sys.exit(f"error: {' '.join(command)} failed with exit status {process.returncode}")
-    if args.test_every:
-        test_kept_checkpoints(args, package, run, kept)
-
-
-def keep_checkpoint(checkpoint: Path, kept: Path, seen: int | None) -> int | None:
-    """A hard link to each new checkpoint: the trainer renames the next one over the name, and
-    the link keeps this one (always complete: the trainer writes a checkpoint, then renames)."""
-    try:
-        inode = checkpoint.stat().st_ino
-    except FileNotFoundError:
-        return seen
-    if inode != seen:
-        kept.mkdir(exist_ok=True)
-        os.link(checkpoint, kept / f"{inode}.pt")
-    return inode
-
-
-def test_kept_checkpoints(args: argparse.Namespace, package: Path, run: Path, kept: Path) -> None:
-    import torch
-
-    final = json.loads((run / "final.json").read_text())
-    records = []
-    for path in sorted(kept.glob("*.pt")):
-        iteration = torch.load(path, map_location="cpu", weights_only=False)["iteration"]
-        if iteration < final["iterations"]:  # the trainer tested the last one itself
-            command = [sys.executable, str(package / "train.py"), "--eval-only", "--checkpoint",
-                       str(path), "--out", str(run), "--device", args.device]  # fmt: skip
-            if args.eval_images:
-                command += ["--eval-images", str(args.eval_images)]
-            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            results = json.loads(output[output.index("{") :])
-            for protocol, result in results["test"].items():
-                records.append({"iteration": iteration, "split": "test", "protocol": protocol,
-                                **result})  # fmt: skip
-            print(f"{run.name}: test error {results['test'][next(iter(results['test']))]['top1_error']:.2%} at iteration {iteration}")  # fmt: skip
-        path.unlink()
-    kept.rmdir()
-    metrics = run / "metrics.jsonl"
-    lines = [json.loads(line) for line in metrics.read_text().splitlines()]
-    lines = sorted(lines + records, key=lambda r: r["iteration"])  # stable: log lines first
-    tmp = metrics.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in lines))
-    tmp.replace(metrics)
+    if subprocess.run(command).returncode != 0:
+        sys.exit(f"error: {' '.join(command)} failed")
 
 
 def findings(runs: dict[str, Run]) -> list[str]:

@@ -156,8 +156,8 @@ def written(target: Path) -> str:
             python = Path(sys.executable).relative_to(Path.cwd()).as_posix()
         except ValueError:
             python = "python"
-        run = "runs/" + re.sub(r"_(torch|jax)$", "", target.name)
-        lines.append(f"train it:  {python} {target.as_posix()}/train.py --out {run}")
+        # train.py's own default: one run directory per package, the backend's included
+        lines.append(f"train it:  {python} {target.as_posix()}/train.py --out runs/{target.name}")
     return "\n".join(lines)
 
 

@@ -28,6 +28,18 @@ class Run:
         return spec if isinstance(spec, str) else None
 
     @property
+    def recipe(self) -> str | None:
+        """The library recipe its spec builds on (`final.json`), if any and known."""
+        recipe = (self.final or {}).get("recipe")
+        return recipe if isinstance(recipe, str) else None
+
+    @property
+    def backend(self) -> str | None:
+        """The trainer's framework, torch or jax (`final.json`), if known."""
+        backend = (self.final or {}).get("backend")
+        return backend if isinstance(backend, str) else None
+
+    @property
     def name(self) -> str:
         """The spec's name (its file name without `.res`), else the run directory's name."""
         return Path(self.spec).stem if self.spec else self.path.name
@@ -62,7 +74,11 @@ class Run:
         """The iterations after which the logged learning rate went down (milestones, plateaus).
 
         A log line carries the rate of its interval's last iteration, so a drop shows between two
-        lines; it is placed at the earlier one, which is the milestone when the two coincide."""
+        lines; it is placed at the earlier one, which is the milestone when the two coincide. A
+        rate that changes all the time (cosine, piecewise-linear: more than 10 rates logged) has no
+        drops to mark."""
+        if len({r["lr"] for r in self.logs}) > 10:
+            return []
         drops = []
         for before, after in zip(self.logs, self.logs[1:]):
             if after["lr"] < before["lr"] * (1 - 1e-9):
@@ -87,6 +103,8 @@ class Run:
         return {
             "run": self.path.as_posix(),
             "spec": self.spec,
+            "recipe": self.recipe,
+            "backend": self.backend,
             "name": self.name,
             "status": self.status,
             "iterations": self.iterations,
@@ -169,8 +187,8 @@ def _duration(seconds: float | None) -> str:
 
 def table(runs: list[Run]) -> str:
     """The runs side by side, as aligned columns, and a line for each problem met."""
-    header = ("run", "spec", "iterations", "train err", "test top-1", "test top-5", "img/s",
-              "wall time", "status")  # fmt: skip
+    header = ("run", "spec", "recipe", "backend", "iterations", "train err", "test top-1",
+              "test top-5", "img/s", "wall time", "status")  # fmt: skip
     rows = [header]
     notes = []
     for run in runs:
@@ -178,6 +196,8 @@ def table(runs: list[Run]) -> str:
         rows.append((
             s["run"],
             s["spec"] or "?",
+            s["recipe"] or "-",
+            s["backend"] or "?",
             "-" if s["iterations"] is None else f"{s['iterations']:,}",
             _percent(s["final_train_error"]),
             _percent(s["test_top1_error"]),
@@ -188,7 +208,7 @@ def table(runs: list[Run]) -> str:
         ))  # fmt: skip
         notes += [f"{s['run']}: {problem}" for problem in s["problems"]]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    right = (False, False, True, True, True, True, True, True, False)
+    right = (False, False, False, False, True, True, True, True, True, True, False)
     lines = [
         "  ".join(c.rjust(w) if a else c.ljust(w) for c, w, a in zip(r, widths, right)).rstrip()
         for r in rows

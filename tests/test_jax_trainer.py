@@ -512,12 +512,13 @@ def test_a_short_run_on_real_fashion_mnist_is_far_above_chance(run_jax, tmp_path
     package = compile_jax(write_spec(tmp_path, FASHION_SMALL), tmp_path / "pkg")
     run = tmp_path / "run"
     result = run_jax(package, "--out", str(run), "--iterations", "300", "--batch-size", "64",
-                     "--eval-images", "2000", "--log-every", "100")  # fmt: skip
+                     "--eval-images", "2000", "--log-every", "100", "--eval-every", "100")  # fmt: skip
     assert result.returncode == 0, result.stderr
     final = json.loads((run / "final.json").read_text())
     assert final["iterations"] == 300 and final["test_top1_error"] < 0.4  # chance is 0.90
-    assert set(final) == {"spec", "iterations", "test_top1_error", "test_top5_error", "wall_s",
-                          "train_s", "images_per_s", "results"}  # fmt: skip
+    assert set(final) == {"spec", "recipe", "backend", "iterations", "test_top1_error",
+                          "test_top5_error", "wall_s", "train_s", "images_per_s", "results"}  # fmt: skip
+    assert (final["recipe"], final["backend"]) == ("paper_cifar", "jax")
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     logs = [r for r in records if "train_loss" in r]
     assert [r["iteration"] for r in logs] == [100, 200, 300]
@@ -526,6 +527,9 @@ def test_a_short_run_on_real_fashion_mnist_is_far_above_chance(run_jax, tmp_path
     assert records[-1] == {"iteration": 300, "split": "test", "protocol": "single_view",
                            "top1_error": final["test_top1_error"],
                            "top5_error": final["test_top5_error"]}  # fmt: skip
+    curve = [(r["iteration"], r["split"]) for r in records if "top1_error" in r]
+    assert curve == [(100, "test"), (200, "test"), (300, "test")]  # --eval-every, then the end
+    assert records[1]["iteration"] == 100 and "top1_error" in records[1]  # after its log line
     state = checkpoint(run)
     assert state["iteration"] == 300 and state["data"] == {"epoch": 0, "position": 19200}
     assert set(state) >= {"variables", "opt_state", "schedule", "data", "clock", "log_window"}

@@ -388,7 +388,7 @@ def test_a_short_run_on_real_fashion_mnist_is_far_above_chance(fashion, tmp_path
     )
     run = tmp_path / "run"
     result = run_train(fashion, "--out", str(run), "--iterations", "150", "--batch-size", "64",
-                       "--eval-images", "2000", "--log-every", "50")  # fmt: skip
+                       "--eval-images", "2000", "--log-every", "50", "--eval-every", "50")  # fmt: skip
     assert result.returncode == 0, result.stderr
     final = json.loads((run / "final.json").read_text())
     assert final["iterations"] == 150
@@ -403,6 +403,9 @@ def test_a_short_run_on_real_fashion_mnist_is_far_above_chance(fashion, tmp_path
     assert records[-1] == {"iteration": 150, "split": "test", "protocol": "single_view",
                            "top1_error": final["test_top1_error"],
                            "top5_error": final["test_top5_error"]}  # fmt: skip
+    curve = [(r["iteration"], r["split"]) for r in records if "top1_error" in r]
+    assert curve == [(50, "test"), (100, "test"), (150, "test")]  # --eval-every, then the end
+    assert (final["recipe"], final["backend"]) == ("paper_cifar", "torch")
     checkpoint = torch_checkpoint(run / "checkpoint.pt")
     assert checkpoint["iteration"] == 150
     assert set(checkpoint) >= {"model", "optimizer", "iteration", "rng", "data", "schedule"}

@@ -39,7 +39,8 @@ def write_run(run: Path, *, spec: str, iterations: int = 400, finished: bool = T
         text += '{"iteration": 42'
     (run / "metrics.jsonl").write_text(text)
     if finished:
-        final = {"spec": spec, "iterations": iterations, "test_top1_error": error_at_end + 0.02,
+        final = {"spec": spec, "recipe": "paper_cifar", "backend": "torch",
+                 "iterations": iterations, "test_top1_error": error_at_end + 0.02,
                  "test_top5_error": 0.004, "wall_s": 125.0, "train_s": 120.0,
                  "images_per_s": 1066.7, "results": {}}  # fmt: skip
         (run / "final.json").write_text(json.dumps(final, indent=2) + "\n")
@@ -125,11 +126,13 @@ def test_runs_table_of_finished_going_and_missing_runs(two_runs, tmp_path, capsy
                              capsys)  # fmt: skip
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].split() == ["run", "spec", "iterations", "train", "err", "test", "top-1",
-                                "test", "top-5", "img/s", "wall", "time", "status"]  # fmt: skip
+    assert lines[0].split() == ["run", "spec", "recipe", "backend", "iterations", "train", "err",
+                                "test", "top-1", "test", "top-5", "img/s", "wall", "time",
+                                "status"]  # fmt: skip
     p20 = lines[2].split()
-    assert p20[1:8] == ["specs/fashion-mnist/plain20.res", "400", "12.10%", "14.00%", "0.40%",
-                        "1,067", "2m05s"] and p20[8] == "finished"  # fmt: skip
+    assert p20[1:10] == ["specs/fashion-mnist/plain20.res", "paper_cifar", "torch", "400",
+                         "12.10%", "14.00%", "0.40%", "1,067", "2m05s"]  # fmt: skip
+    assert p20[10] == "finished"
     assert "no final.json: running or stopped at iteration 400" in lines[4]
     assert "no such directory" in lines[5]
     assert "Traceback" not in out + err
@@ -143,6 +146,7 @@ def test_runs_json(two_runs, capsys):
     assert rows[1]["test_top1_error"] == pytest.approx(0.10)
     assert rows[1]["final_train_error"] == pytest.approx(0.08, abs=0.01)
     assert rows[1]["iterations"] == 400 and rows[1]["wall_s"] == 125.0
+    assert (rows[1]["recipe"], rows[1]["backend"]) == ("paper_cifar", "torch")
 
 
 # --- list and new ----------------------------------------------------------------------------
@@ -235,7 +239,7 @@ def test_default_directory_comes_from_the_specs_path(library_copy, capsys):
         "wrote generated/fashion_mnist_resnet20_torch/: README.md, __init__.py, data.py, "
         "export.py, model.py, runtime.py, train.py",
         "train it:  python generated/fashion_mnist_resnet20_torch/train.py "
-        "--out runs/fashion_mnist_resnet20",
+        "--out runs/fashion_mnist_resnet20_torch",
     ]
     assert run_cli(["compile", "specs/cifar/resnet20.res"], capsys)[0] == 0
     assert run_cli(["compile", "specs/cifar/resnet20.res", "--set", "n=9"], capsys)[0] == 0
@@ -359,3 +363,16 @@ def test_each_command_has_help_with_an_example(command, capsys):
     assert code == 0 and "Example" in out and f"resdsl {command} " in out
     code, out, _ = run_cli(["--help"], capsys)
     assert f"\n  {command} " in out
+
+
+def test_each_package_has_a_run_directory_of_its_own(library_copy, capsys):
+    """compile prints the run directory train.py takes by default, another for each backend."""
+    printed = {}
+    for backend in ("torch", "jax"):
+        code, out, _ = run_cli(["compile", "specs/cifar/resnet20.res", "--backend", backend],
+                               capsys)  # fmt: skip
+        assert code == 0
+        printed[backend] = out.split("--out ")[1].strip()
+        train = library_copy / "generated" / f"cifar_resnet20_{backend}" / "train.py"
+        assert f'out="{printed[backend]}",' in train.read_text()  # train.py --help's default
+    assert printed == {"torch": "runs/cifar_resnet20_torch", "jax": "runs/cifar_resnet20_jax"}

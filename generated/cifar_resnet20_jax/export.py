@@ -4,9 +4,9 @@
 """Export resnet20 (specs/cifar/resnet20.res) for inference with jax.export: eval mode, any batch size.
 
     # StableHLO, serialized (jax.export.deserialize reads it back)
-    python generated/cifar_resnet20_jax/export.py --checkpoint runs/resnet20/checkpoint.msgpack --format stablehlo -o resnet20.jax_exported
+    python generated/cifar_resnet20_jax/export.py --checkpoint runs/cifar_resnet20_jax/checkpoint.msgpack --format stablehlo -o resnet20.jax_exported
     # the StableHLO module as MLIR text, to read
-    python generated/cifar_resnet20_jax/export.py --checkpoint runs/resnet20/checkpoint.msgpack --format stablehlo-text -o resnet20.mlir
+    python generated/cifar_resnet20_jax/export.py --checkpoint runs/cifar_resnet20_jax/checkpoint.msgpack --format stablehlo-text -o resnet20.mlir
 
 Without --checkpoint the freshly initialised network (from --seed) is exported. The weights are
 constants of the exported function; its input is [batch, 32, 32, 3] float32 (NHWC,
@@ -67,7 +67,9 @@ def write(output: Path, data: bytes) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = runtime.export_parser("resnet20", SPEC, "checkpoint.msgpack", FORMATS).parse_args(argv)
+    args = runtime.export_parser(
+        "runs/cifar_resnet20_jax", "resnet20", SPEC, "checkpoint.msgpack", FORMATS
+    ).parse_args(argv)
     variables = load_variables(args.checkpoint, args.seed)
     try:
         data = serialized(exported(variables), args.format)

@@ -4,9 +4,9 @@
 """Export resnet20 (specs/cifar/resnet20.res) for inference, in eval mode, with any batch size.
 
     # ONNX (for ONNX Runtime and the like), from a checkpoint written by train.py
-    python generated/cifar_resnet20_torch/export.py --checkpoint runs/resnet20/checkpoint.pt --format onnx -o resnet20.onnx
+    python generated/cifar_resnet20_torch/export.py --checkpoint runs/cifar_resnet20_torch/checkpoint.pt --format onnx -o resnet20.onnx
     # torch.export's program (torch.export.load reads it)
-    python generated/cifar_resnet20_torch/export.py --checkpoint runs/resnet20/checkpoint.pt --format torch-export -o resnet20.pt2
+    python generated/cifar_resnet20_torch/export.py --checkpoint runs/cifar_resnet20_torch/checkpoint.pt --format torch-export -o resnet20.pt2
 
 Without --checkpoint the freshly initialised network (from --seed) is exported. The input is
 [batch, 3, 32, 32] float32 (preprocessed as data.py does), the output the logits,
@@ -78,7 +78,9 @@ def export(model: torch.nn.Module, fmt: str, output: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = runtime.export_parser("resnet20", SPEC, "checkpoint.pt", FORMATS).parse_args(argv)
+    args = runtime.export_parser(
+        "runs/cifar_resnet20_torch", "resnet20", SPEC, "checkpoint.pt", FORMATS
+    ).parse_args(argv)
     model = load_model(args.checkpoint, args.seed)
     export(model, args.format, args.output)
     source = (

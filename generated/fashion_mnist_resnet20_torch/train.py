@@ -12,12 +12,12 @@ Evaluation: single view.
 
 Run it (paths are relative to where you run it; `python train.py --help` lists every flag):
     # the spec's schedule; going on after any stop; a shorter one, its milestones scaled
-    python generated/fashion_mnist_resnet20_torch/train.py --out runs/resnet20
-    python generated/fashion_mnist_resnet20_torch/train.py --out runs/resnet20 --resume
-    python generated/fashion_mnist_resnet20_torch/train.py --out runs/resnet20_2k --iterations 2000
+    python generated/fashion_mnist_resnet20_torch/train.py --out runs/fashion_mnist_resnet20_torch
+    python generated/fashion_mnist_resnet20_torch/train.py --out runs/fashion_mnist_resnet20_torch --resume
+    python generated/fashion_mnist_resnet20_torch/train.py --out runs/fashion_mnist_resnet20_torch_2k --iterations 2000
     # two processes (DistributedDataParallel); evaluating a checkpoint
-    torchrun --nproc_per_node=2 generated/fashion_mnist_resnet20_torch/train.py --out runs/resnet20
-    python generated/fashion_mnist_resnet20_torch/train.py --eval-only --checkpoint runs/resnet20/checkpoint.pt
+    torchrun --nproc_per_node=2 generated/fashion_mnist_resnet20_torch/train.py --out runs/fashion_mnist_resnet20_torch
+    python generated/fashion_mnist_resnet20_torch/train.py --eval-only --checkpoint runs/fashion_mnist_resnet20_torch/checkpoint.pt
 
 A run directory holds checkpoint.pt (the latest complete one), metrics.jsonl (a line per log
 interval and per evaluation), final.json (the test errors at the end) and mean.pt (the training
@@ -46,6 +46,7 @@ from model import build_model
 
 # The spec's training section ----------------------------------------------------------------
 SPEC = "specs/fashion-mnist/resnet20.res"
+RECIPE = "paper_cifar"  # the library recipe it builds on
 BATCH_SIZE = 128  # the global batch, split over processes
 LR = 0.1
 MOMENTUM = 0.9
@@ -62,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = runtime.training_parser(
         "Train resnet20 (specs/fashion-mnist/resnet20.res).",
         data=DATA_PATH,
-        out="runs/resnet20",
+        out="runs/fashion_mnist_resnet20_torch",
         batch_size=BATCH_SIZE,
         val_split=VAL_SPLIT,
         checkpoint="checkpoint.pt",
@@ -410,6 +411,7 @@ def main(argv: list[str] | None = None) -> None:
 
     total = args.iterations or ITERATIONS
     schedule = Schedule(total, ITERATIONS)
+    curve_every = runtime.curve_interval(args.eval_every, total)  # iterations between test errors
     optimizer = sgd(model.parameters())
     # what a checkpoint holds beside the model; a resume restores it
     parts = {"optimizer": optimizer, "schedule": schedule, "data": data}
@@ -451,6 +453,15 @@ def main(argv: list[str] | None = None) -> None:
             log.interval(done, lr, loss, error, len(window))
             window = []
 
+        # the test error every --eval-every iterations: the curve of `resdsl plot`
+        if curve_every and done % curve_every == 0 and done < total:
+            with log.paused():
+                result = evaluate(model, data, "test", "single_view", args, device, world)
+                if rank == 0:
+                    run.append_metrics(
+                        {"iteration": done, "split": "test", "protocol": "single_view", **result}
+                    )
+
         # checkpoint: every --checkpoint-every iterations, at the end, and when stopped
         stop = stop_requested(signals, device, world)
         if stop or done % args.checkpoint_every == 0 or done == total:
@@ -463,7 +474,7 @@ def main(argv: list[str] | None = None) -> None:
     signals.armed = False
 
     # evaluate: the held-out split (if any) and the test split, by every protocol of the spec
-    log.finish(evaluate_all(model, data, args, device, world), EVAL[0], SPEC)
+    log.finish(evaluate_all(model, data, args, device, world), EVAL[0], SPEC, RECIPE, "torch")
 
 
 if __name__ == "__main__":

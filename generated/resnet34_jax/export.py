@@ -4,9 +4,9 @@
 """Export resnet34 (specs/resnet34.res) for inference with jax.export: eval mode, any batch size.
 
     # StableHLO, serialized (jax.export.deserialize reads it back)
-    python generated/resnet34_jax/export.py --checkpoint runs/resnet34/checkpoint.msgpack --format stablehlo -o resnet34.jax_exported
+    python generated/resnet34_jax/export.py --checkpoint runs/resnet34_jax/checkpoint.msgpack --format stablehlo -o resnet34.jax_exported
     # the StableHLO module as MLIR text, to read
-    python generated/resnet34_jax/export.py --checkpoint runs/resnet34/checkpoint.msgpack --format stablehlo-text -o resnet34.mlir
+    python generated/resnet34_jax/export.py --checkpoint runs/resnet34_jax/checkpoint.msgpack --format stablehlo-text -o resnet34.mlir
 
 Without --checkpoint the freshly initialised network (from --seed) is exported. The weights are
 constants of the exported function; its input is [batch, 224, 224, 3] float32 (NHWC,
@@ -67,7 +67,9 @@ def write(output: Path, data: bytes) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = runtime.export_parser("resnet34", SPEC, "checkpoint.msgpack", FORMATS).parse_args(argv)
+    args = runtime.export_parser(
+        "runs/resnet34_jax", "resnet34", SPEC, "checkpoint.msgpack", FORMATS
+    ).parse_args(argv)
     variables = load_variables(args.checkpoint, args.seed)
     try:
         data = serialized(exported(variables), args.format)

@@ -12,13 +12,13 @@ Evaluation: ten crop, multiscale.
 
 Run it (paths are relative to where you run it; `python train.py --help` lists every flag):
     # the spec's schedule; going on after any stop; a shorter one, its milestones scaled
-    python generated/resnet34_jax/train.py --out runs/resnet34
-    python generated/resnet34_jax/train.py --out runs/resnet34 --resume
-    python generated/resnet34_jax/train.py --out runs/resnet34_2k --iterations 2000
+    python generated/resnet34_jax/train.py --out runs/resnet34_jax
+    python generated/resnet34_jax/train.py --out runs/resnet34_jax --resume
+    python generated/resnet34_jax/train.py --out runs/resnet34_jax_2k --iterations 2000
     # two hosts: on each, I its number (0, 1) and HOST0 the first one; evaluating a checkpoint
-    python generated/resnet34_jax/train.py --out runs/resnet34 \
+    python generated/resnet34_jax/train.py --out runs/resnet34_jax \
         --coordinator HOST0:1234 --num-processes 2 --process-id I
-    python generated/resnet34_jax/train.py --eval-only --checkpoint runs/resnet34/checkpoint.msgpack
+    python generated/resnet34_jax/train.py --eval-only --checkpoint runs/resnet34_jax/checkpoint.msgpack
 
 A process drives every device it sees: the global batch is split over them (and over the devices
 of every process, with several), and BN statistics are those of the global batch. A run
@@ -57,6 +57,7 @@ from weights import StateDictMismatch, from_torch
 
 # The spec's training section ----------------------------------------------------------------
 SPEC = "specs/resnet34.res"
+RECIPE = "paper_imagenet"  # the library recipe it builds on
 BATCH_SIZE = 256  # the global batch, split over the devices
 LR = 0.1
 MOMENTUM = 0.9
@@ -78,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = runtime.training_parser(
         "Train resnet34 (specs/resnet34.res) with JAX.",
         data=DATA_PATH,
-        out="runs/resnet34",
+        out="runs/resnet34_jax",
         batch_size=BATCH_SIZE,
         val_split=VAL_SPLIT,
         checkpoint="checkpoint.msgpack",
@@ -655,6 +656,7 @@ def main(argv: list[str] | None = None) -> None:
 
     total = args.iterations or ITERATIONS
     schedule = Schedule(total, ITERATIONS)
+    curve_every = runtime.curve_interval(args.eval_every, total)  # iterations between test errors
     optimizer = sgd()
     parts = {"schedule": schedule, "data": data}  # what a checkpoint holds beside the weights
     variables, opt_state, saved = (
@@ -701,6 +703,15 @@ def main(argv: list[str] | None = None) -> None:
                         {"iteration": done, "split": split, "protocol": "single_view", **result}
                     )
 
+        # the test error every --eval-every iterations: the curve of `resdsl plot`
+        if curve_every and done % curve_every == 0 and done < total:
+            with log.paused():
+                result = evaluate(steps, variables_of(state), data, "test", "single_view", args)
+                if lead:
+                    run.append_metrics(
+                        {"iteration": done, "split": "test", "protocol": "single_view", **result}
+                    )
+
         # checkpoint: every --checkpoint-every iterations, at the end, and when stopped
         stop = stop_requested(signals)
         if stop or done % args.checkpoint_every == 0 or done == total:
@@ -714,7 +725,7 @@ def main(argv: list[str] | None = None) -> None:
     signals.armed = False
 
     # evaluate: the held-out split (if any) and the test split, by every protocol of the spec
-    log.finish(evaluate_all(steps, variables_of(state), data, args), EVAL[0], SPEC)
+    log.finish(evaluate_all(steps, variables_of(state), data, args), EVAL[0], SPEC, RECIPE, "jax")
 
 
 if __name__ == "__main__":

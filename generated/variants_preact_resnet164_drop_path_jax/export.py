@@ -4,9 +4,9 @@
 """Export preact_resnet164_drop_path (specs/variants/preact_resnet164_drop_path.res) for inference with jax.export: eval mode, any batch size.
 
     # StableHLO, serialized (jax.export.deserialize reads it back)
-    python generated/variants_preact_resnet164_drop_path_jax/export.py --checkpoint runs/preact_resnet164_drop_path/checkpoint.msgpack --format stablehlo -o preact_resnet164_drop_path.jax_exported
+    python generated/variants_preact_resnet164_drop_path_jax/export.py --checkpoint runs/variants_preact_resnet164_drop_path_jax/checkpoint.msgpack --format stablehlo -o preact_resnet164_drop_path.jax_exported
     # the StableHLO module as MLIR text, to read
-    python generated/variants_preact_resnet164_drop_path_jax/export.py --checkpoint runs/preact_resnet164_drop_path/checkpoint.msgpack --format stablehlo-text -o preact_resnet164_drop_path.mlir
+    python generated/variants_preact_resnet164_drop_path_jax/export.py --checkpoint runs/variants_preact_resnet164_drop_path_jax/checkpoint.msgpack --format stablehlo-text -o preact_resnet164_drop_path.mlir
 
 Without --checkpoint the freshly initialised network (from --seed) is exported. The weights are
 constants of the exported function; its input is [batch, 32, 32, 3] float32 (NHWC,
@@ -68,7 +68,11 @@ def write(output: Path, data: bytes) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = runtime.export_parser(
-        "preact_resnet164_drop_path", SPEC, "checkpoint.msgpack", FORMATS
+        "runs/variants_preact_resnet164_drop_path_jax",
+        "preact_resnet164_drop_path",
+        SPEC,
+        "checkpoint.msgpack",
+        FORMATS,
     ).parse_args(argv)
     variables = load_variables(args.checkpoint, args.seed)
     try:

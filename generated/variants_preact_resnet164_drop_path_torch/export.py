@@ -4,9 +4,9 @@
 """Export preact_resnet164_drop_path (specs/variants/preact_resnet164_drop_path.res) for inference, in eval mode, with any batch size.
 
     # ONNX (for ONNX Runtime and the like), from a checkpoint written by train.py
-    python generated/variants_preact_resnet164_drop_path_torch/export.py --checkpoint runs/preact_resnet164_drop_path/checkpoint.pt --format onnx -o preact_resnet164_drop_path.onnx
+    python generated/variants_preact_resnet164_drop_path_torch/export.py --checkpoint runs/variants_preact_resnet164_drop_path_torch/checkpoint.pt --format onnx -o preact_resnet164_drop_path.onnx
     # torch.export's program (torch.export.load reads it)
-    python generated/variants_preact_resnet164_drop_path_torch/export.py --checkpoint runs/preact_resnet164_drop_path/checkpoint.pt --format torch-export -o preact_resnet164_drop_path.pt2
+    python generated/variants_preact_resnet164_drop_path_torch/export.py --checkpoint runs/variants_preact_resnet164_drop_path_torch/checkpoint.pt --format torch-export -o preact_resnet164_drop_path.pt2
 
 Without --checkpoint the freshly initialised network (from --seed) is exported. The input is
 [batch, 3, 32, 32] float32 (preprocessed as data.py does), the output the logits,
@@ -79,7 +79,11 @@ def export(model: torch.nn.Module, fmt: str, output: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = runtime.export_parser(
-        "preact_resnet164_drop_path", SPEC, "checkpoint.pt", FORMATS
+        "runs/variants_preact_resnet164_drop_path_torch",
+        "preact_resnet164_drop_path",
+        SPEC,
+        "checkpoint.pt",
+        FORMATS,
     ).parse_args(argv)
     model = load_model(args.checkpoint, args.seed)
     export(model, args.format, args.output)

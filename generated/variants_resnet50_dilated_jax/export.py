@@ -4,9 +4,9 @@
 """Export resnet50_dilated (specs/variants/resnet50_dilated.res) for inference with jax.export: eval mode, any batch size.
 
     # StableHLO, serialized (jax.export.deserialize reads it back)
-    python generated/variants_resnet50_dilated_jax/export.py --checkpoint runs/resnet50_dilated/checkpoint.msgpack --format stablehlo -o resnet50_dilated.jax_exported
+    python generated/variants_resnet50_dilated_jax/export.py --checkpoint runs/variants_resnet50_dilated_jax/checkpoint.msgpack --format stablehlo -o resnet50_dilated.jax_exported
     # the StableHLO module as MLIR text, to read
-    python generated/variants_resnet50_dilated_jax/export.py --checkpoint runs/resnet50_dilated/checkpoint.msgpack --format stablehlo-text -o resnet50_dilated.mlir
+    python generated/variants_resnet50_dilated_jax/export.py --checkpoint runs/variants_resnet50_dilated_jax/checkpoint.msgpack --format stablehlo-text -o resnet50_dilated.mlir
 
 Without --checkpoint the freshly initialised network (from --seed) is exported. The weights are
 constants of the exported function; its input is [batch, 224, 224, 3] float32 (NHWC,
@@ -68,7 +68,11 @@ def write(output: Path, data: bytes) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = runtime.export_parser(
-        "resnet50_dilated", SPEC, "checkpoint.msgpack", FORMATS
+        "runs/variants_resnet50_dilated_jax",
+        "resnet50_dilated",
+        SPEC,
+        "checkpoint.msgpack",
+        FORMATS,
     ).parse_args(argv)
     variables = load_variables(args.checkpoint, args.seed)
     try:

@@ -4,9 +4,9 @@
 """Export resnet50_dilated (specs/variants/resnet50_dilated.res) for inference, in eval mode, with any batch size.
 
     # ONNX (for ONNX Runtime and the like), from a checkpoint written by train.py
-    python generated/variants_resnet50_dilated_torch/export.py --checkpoint runs/resnet50_dilated/checkpoint.pt --format onnx -o resnet50_dilated.onnx
+    python generated/variants_resnet50_dilated_torch/export.py --checkpoint runs/variants_resnet50_dilated_torch/checkpoint.pt --format onnx -o resnet50_dilated.onnx
     # torch.export's program (torch.export.load reads it)
-    python generated/variants_resnet50_dilated_torch/export.py --checkpoint runs/resnet50_dilated/checkpoint.pt --format torch-export -o resnet50_dilated.pt2
+    python generated/variants_resnet50_dilated_torch/export.py --checkpoint runs/variants_resnet50_dilated_torch/checkpoint.pt --format torch-export -o resnet50_dilated.pt2
 
 Without --checkpoint the freshly initialised network (from --seed) is exported. The input is
 [batch, 3, 224, 224] float32 (preprocessed as data.py does), the output the logits,
@@ -78,9 +78,9 @@ def export(model: torch.nn.Module, fmt: str, output: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = runtime.export_parser("resnet50_dilated", SPEC, "checkpoint.pt", FORMATS).parse_args(
-        argv
-    )
+    args = runtime.export_parser(
+        "runs/variants_resnet50_dilated_torch", "resnet50_dilated", SPEC, "checkpoint.pt", FORMATS
+    ).parse_args(argv)
     model = load_model(args.checkpoint, args.seed)
     export(model, args.format, args.output)
     source = (

@@ -4,9 +4,9 @@
 """Export seresnet50 (specs/variants/se_resnet50.res) for inference with jax.export: eval mode, any batch size.
 
     # StableHLO, serialized (jax.export.deserialize reads it back)
-    python generated/variants_se_resnet50_jax/export.py --checkpoint runs/seresnet50/checkpoint.msgpack --format stablehlo -o seresnet50.jax_exported
+    python generated/variants_se_resnet50_jax/export.py --checkpoint runs/variants_se_resnet50_jax/checkpoint.msgpack --format stablehlo -o seresnet50.jax_exported
     # the StableHLO module as MLIR text, to read
-    python generated/variants_se_resnet50_jax/export.py --checkpoint runs/seresnet50/checkpoint.msgpack --format stablehlo-text -o seresnet50.mlir
+    python generated/variants_se_resnet50_jax/export.py --checkpoint runs/variants_se_resnet50_jax/checkpoint.msgpack --format stablehlo-text -o seresnet50.mlir
 
 Without --checkpoint the freshly initialised network (from --seed) is exported. The weights are
 constants of the exported function; its input is [batch, 224, 224, 3] float32 (NHWC,
@@ -67,7 +67,9 @@ def write(output: Path, data: bytes) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = runtime.export_parser("seresnet50", SPEC, "checkpoint.msgpack", FORMATS).parse_args(argv)
+    args = runtime.export_parser(
+        "runs/variants_se_resnet50_jax", "seresnet50", SPEC, "checkpoint.msgpack", FORMATS
+    ).parse_args(argv)
     variables = load_variables(args.checkpoint, args.seed)
     try:
         data = serialized(exported(variables), args.format)

@@ -4,9 +4,9 @@
 """Export seresnet50 (specs/variants/se_resnet50.res) for inference, in eval mode, with any batch size.
 
     # ONNX (for ONNX Runtime and the like), from a checkpoint written by train.py
-    python generated/variants_se_resnet50_torch/export.py --checkpoint runs/seresnet50/checkpoint.pt --format onnx -o seresnet50.onnx
+    python generated/variants_se_resnet50_torch/export.py --checkpoint runs/variants_se_resnet50_torch/checkpoint.pt --format onnx -o seresnet50.onnx
     # torch.export's program (torch.export.load reads it)
-    python generated/variants_se_resnet50_torch/export.py --checkpoint runs/seresnet50/checkpoint.pt --format torch-export -o seresnet50.pt2
+    python generated/variants_se_resnet50_torch/export.py --checkpoint runs/variants_se_resnet50_torch/checkpoint.pt --format torch-export -o seresnet50.pt2
 
 Without --checkpoint the freshly initialised network (from --seed) is exported. The input is
 [batch, 3, 224, 224] float32 (preprocessed as data.py does), the output the logits,
@@ -78,7 +78,9 @@ def export(model: torch.nn.Module, fmt: str, output: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = runtime.export_parser("seresnet50", SPEC, "checkpoint.pt", FORMATS).parse_args(argv)
+    args = runtime.export_parser(
+        "runs/variants_se_resnet50_torch", "seresnet50", SPEC, "checkpoint.pt", FORMATS
+    ).parse_args(argv)
     model = load_model(args.checkpoint, args.seed)
     export(model, args.format, args.output)
     source = (

@@ -137,7 +137,8 @@ def folder_context(spec: ir.Spec) -> dict:
     """What an image-folder pipeline needs beyond `data_context`: its geometry and its views."""
     train, size = spec.train, spec.network.input[1]
     protocols = {p.op: p for p in train.eval}
-    views = sorted(set(protocols) | ({"single_view"} if train.validate_every else set()))
+    # the spec's protocols, and the single view of the test curve and of validation
+    views = sorted(set(protocols) | {"single_view"})
     single = protocols.get("single_view")
     mean = any(isinstance(s, ir.SubtractMean) for s in train.preprocess)
     imports = {"os"} | ({"tempfile"} if mean else set())
@@ -145,7 +146,7 @@ def folder_context(spec: ir.Spec) -> dict:
         imports.add("functools")
     return {
         "crop_size": size,
-        "eval_views": views,  # the spec's protocols, and single_view for validation
+        "eval_views": views,  # the spec's protocols, and single_view
         # the single view's resize (validation uses it too); the resolver's default when unset
         "single_view_resize": single.resize if single else round(size * 256 / 224),
         "single_view_interpolation": single.interpolation if single else "bilinear",
@@ -320,8 +321,9 @@ def train_context(spec: ir.Spec) -> dict:
         "schedule": train.schedule,
         "warmup": train.warmup,
         "eval_names": [protocol.op for protocol in train.eval],
+        # the spec's protocols, and on image folders the single view of the test curve
         "protocol_functions": sorted(
-            {p.op for p in train.eval} | ({"single_view"} if train.validate_every else set())
+            {p.op for p in train.eval} | ({"single_view"} if data["folder"] else set())
         ),
         "recipe_lines": recipe_lines(spec),
         "schedule_doc": schedule_doc(train),

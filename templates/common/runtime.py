@@ -121,10 +121,19 @@ def training_parser(
                    help=f"hold out {held_out} for validation")  # fmt: skip
     p.add_argument("--eval-images", type=positive, metavar="N",
                    help="evaluate N images of each split only")  # fmt: skip
+    p.add_argument("--eval-every", type=non_negative, metavar="N",
+                   help="also measure the test error every N iterations, for the curves of "
+                   "`resdsl plot` (default: a tenth of the run; 0: at the end only)")  # fmt: skip
     p.add_argument("--log-every", type=positive, metavar="N",
                    help="iterations (default: 100, or a tenth of a short run)")  # fmt: skip
     switch(p, "--progress", "a progress bar (default: when stderr is a terminal)")
     return p
+
+
+def curve_interval(eval_every: int | None, total: int) -> int:
+    """Iterations between the test evaluations of the curve: --eval-every, by default a tenth of
+    the run (0: none before the end, as for runs of fewer than 10 iterations)."""
+    return total // 10 if eval_every is None else eval_every
 
 
 def switch(p: Parser, flag: str, help: str, default: bool | None = None) -> None:
@@ -144,14 +153,12 @@ def parse(p: Parser, argv: list[str] | None) -> argparse.Namespace:
 
 
 def export_parser(
-    name: str, spec: str, checkpoint: str, formats: dict[str, tuple[str, str]]
+    run: str, name: str, spec: str, checkpoint: str, formats: dict[str, tuple[str, str]]
 ) -> Parser:
     """export.py's flags: --checkpoint, --format (one of `formats`: what writes it and the file
-    name's usual suffix), -o and --seed."""
+    name's usual suffix), -o and --seed; `run` is train.py's default run directory."""
     first, (_, suffix) = next(iter(formats.items()))
-    example = (
-        f"{sys.argv[0]} --checkpoint runs/{name}/{checkpoint} --format {first} -o {name}{suffix}"
-    )
+    example = f"{sys.argv[0]} --checkpoint {run}/{checkpoint} --format {first} -o {name}{suffix}"
     p = Parser(description=f"Export {name} ({spec}) for inference: eval mode, any batch size.",
                epilog=f"example:\n  python {example}",
                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -587,8 +594,11 @@ class TrainingLog:
         """The clock, for a checkpoint."""
         return {**self.clock, "wall_s": self.clock["wall_s"] + time.perf_counter() - self.started}
 
-    def finish(self, results: dict, protocol: str, spec: str) -> None:
-        """The evaluations to metrics.jsonl, final.json (the test errors by `protocol`)."""
+    def finish(
+        self, results: dict, protocol: str, spec: str, recipe: str | None, backend: str
+    ) -> None:
+        """The evaluations to metrics.jsonl, final.json (the test errors by `protocol`, and what
+        was trained: the spec, its recipe, the backend)."""
         if self.bar is not None:
             self.bar.close()
         if not self.lead:
@@ -600,6 +610,8 @@ class TrainingLog:
         test, clock = results["test"][protocol], self.state()
         self.run.write_final({
             "spec": spec,
+            "recipe": recipe,
+            "backend": backend,
             "iterations": self.total,
             "test_top1_error": test["top1_error"],
             "test_top5_error": test.get("top5_error"),

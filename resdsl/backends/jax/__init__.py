@@ -44,7 +44,9 @@ def render_package(
 ) -> dict[str, str]:
     """`header` opens every Python file; `command` regenerates the package into `package`."""
     context = model_context(spec, analysis) | readme_context(spec, analysis)
-    context |= {"header": header, "command": command, "package": package}
+    # train.py's default run directory: one per package, the backend's included
+    context |= {"header": header, "command": command, "package": package,
+                "run": "runs/" + package.rsplit("/", 1)[-1]}  # fmt: skip
     files = {name: render_template(template, **context) for name, template in MODEL_FILES.items()}
     files["model.py"] = render_model(analysis.lowered, spec, analysis, header)
     if spec.train is not None:

@@ -14,7 +14,9 @@ def render_package(
     spec: ir.Spec, analysis: Analysis, *, header: str, command: str, package: str
 ) -> dict[str, str]:
     context = model_context(spec, analysis) | readme_context(spec, analysis)
-    context |= {"header": header, "command": command, "package": package}
+    # train.py's default run directory: one per package, the backend's included
+    context |= {"header": header, "command": command, "package": package,
+                "run": "runs/" + package.rsplit("/", 1)[-1]}  # fmt: skip
     files = {
         "__init__.py": render_template("torch/__init__.py.jinja", **context),
         "model.py": render_model(analysis.lowered, spec, analysis, header, context["custom_norm"]),
