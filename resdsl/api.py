@@ -41,8 +41,14 @@ def _module(path: str | Path, backend: str, params: dict) -> types.ModuleType:
     if module is None:
         module = types.ModuleType(name)
         module.__file__ = f"<{spec.path}: model.py, {backend}>"
-        exec(compile(text, module.__file__, "exec"), module.__dict__)
-        sys.modules[name] = module  # importable by name: pickle, torch.compile and copies find it
+        # importable by name, while it runs (Flax's dataclasses look themselves up) and after
+        # (pickle, torch.compile and copies find its classes)
+        sys.modules[name] = module
+        try:
+            exec(compile(text, module.__file__, "exec"), module.__dict__)
+        except BaseException:
+            del sys.modules[name]
+            raise
     return module
 
 

@@ -61,3 +61,14 @@ def test_import_resdsl_imports_no_framework():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_create_flax_model_is_the_jax_packages_network():
+    jax = pytest.importorskip("jax")
+    module, init = resdsl.create_flax_model(ROOT / "specs/cifar/resnet20.res", num_classes=5)
+    variables = init(0)
+    count = sum(x.size for x in jax.tree.leaves(variables["params"]))
+    assert count == 269_722 - 64 * 5 - 5  # the paper's ResNet-20 with a 5-class fc
+    assert variables["params"]["fc"]["bias"].shape == (5,)
+    images = jax.numpy.ones((2, 32, 32, 3))
+    assert module.apply(variables, images).shape == (2, 5)

@@ -93,24 +93,29 @@ def trained_torch_model(package: Path, checkpoint: Path):
     return model.eval()
 
 
-def test_onnx_export_matches_pytorch_at_two_batch_sizes(torch_run):
+@pytest.mark.parametrize("preprocess", [True, False])
+def test_onnx_export_matches_pytorch_at_two_batch_sizes(torch_run, preprocess):
+    """By default the graph holds the spec's preprocessing (the training mean image of the
+    checkpoint subtracted): it takes images in [0, 1]; with --no-preprocess, the network alone."""
     ort = pytest.importorskip("onnxruntime")
     import torch
 
     package, checkpoint = torch_run
-    output = package.parent / "tiny.onnx"
+    output = package.parent / f"tiny_{preprocess}.onnx"
     result = run(package, "export.py", "--checkpoint", str(checkpoint), "--format", "onnx",
-                 "-o", str(output))  # fmt: skip
+                 "-o", str(output), *([] if preprocess else ["--no-preprocess"]))  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert [p.name for p in output.parent.iterdir() if ".tmp" in p.name] == []
     model = trained_torch_model(package, checkpoint)
+    mean = torch_checkpoint(checkpoint)["preprocess"]["mean"]
+    assert mean.shape == (3, 16, 16) and float(mean.abs().max()) > 0.1  # the run's mean image
     session = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
     (images_input,) = session.get_inputs()
     assert images_input.shape[1:] == [3, 16, 16] and isinstance(images_input.shape[0], str)
     for batch in (1, 5):
-        images = torch.randn(batch, 3, 16, 16, generator=torch.Generator().manual_seed(batch))
+        images = torch.rand(batch, 3, 16, 16, generator=torch.Generator().manual_seed(batch))
         with torch.no_grad():
-            expected = model(images).numpy()
+            expected = model(images - mean if preprocess else images).numpy()
         (scores,) = session.run(None, {images_input.name: images.numpy()})
         assert scores.shape == (batch, 10)
         assert np.abs(scores - expected).max() <= 1e-4
@@ -122,7 +127,7 @@ def test_torch_export_round_trip_at_two_batch_sizes(torch_run):
     package, checkpoint = torch_run
     output = package.parent / "tiny.pt2"
     result = run(package, "export.py", "--checkpoint", str(checkpoint), "--format",
-                 "torch-export", "-o", str(output))  # fmt: skip
+                 "torch-export", "-o", str(output), "--no-preprocess")  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"wrote {output}" in result.stdout
     program = torch.export.load(str(output)).module()
@@ -138,7 +143,8 @@ def test_torch_export_without_a_checkpoint_is_the_fresh_network(torch_run):
 
     package, _ = torch_run
     output = package.parent / "fresh.pt2"
-    result = run(package, "export.py", "--format", "torch-export", "-o", str(output))
+    result = run(package, "export.py", "--format", "torch-export", "-o", str(output),
+                 "--no-preprocess")  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     torch.manual_seed(0)
     model = load_module(package / "model.py", "tiny_torch_model").build_model().eval()

@@ -237,7 +237,7 @@ def test_default_directory_comes_from_the_specs_path(library_copy, capsys):
     assert code == 0
     assert out.splitlines() == [
         "wrote generated/fashion_mnist_resnet20_torch/: README.md, __init__.py, data.py, "
-        "export.py, model.py, runtime.py, train.py",
+        "export.py, model.py, predict.py, runtime.py, train.py",
         "train it:  python generated/fashion_mnist_resnet20_torch/train.py "
         "--out runs/fashion_mnist_resnet20_torch",
     ]

@@ -19,11 +19,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 import torch.nn.functional as F
 
 DATA_PATH = "data/cifar-10-batches-py"
 INPUT_SHAPE = (3, 32, 32)
 CLASSES = 10
+CLASS_NAMES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)  # the labels' names, in order
 
 
 class DataError(Exception):
@@ -190,12 +203,15 @@ class ArrayData:
         mean_cache: Path | None = None,
     ) -> None:
         arrays = load_arrays(Path(root).expanduser())
+        self.class_names = list(CLASS_NAMES)  # the labels' names, saved in checkpoints
         (images, labels), held_out = hold_out(*arrays["train"], val_split)
         keep = len(labels)
         check_batch(batch_size, world, "processes", keep)
         train = to_float(images)
         mean = training_mean(train, mean_cache)
         train -= mean
+        # the same preprocessing as a module, for predict.py and export.py (in the checkpoint)
+        self.preprocess = Preprocess(mean)
         self.train_images = train.to(device)
         self.train_labels = torch.from_numpy(labels).to(device)
         self.splits = {"test": arrays["test"], **({"val": held_out} if val_split else {})}
@@ -250,3 +266,19 @@ class ArrayData:
         self.position = state["position"]
         self.order = state["order"]
         self.generator.set_state(state["generator"])
+
+
+class Preprocess(nn.Module):
+    """The spec's test-time preprocessing as a module: images as the dataset gives them, [N, 3,
+    32, 32] in [0, 1] -> the network's input [N, 3, 32, 32]: per-pixel mean subtracted. Its
+    statistics are the training split's: buffers, saved in the checkpoint (`preprocess`) and
+    in exported graphs. predict.py and export.py put it before the network;
+    `data.preprocess` is the run's."""
+
+    def __init__(self, mean: torch.Tensor | None = None) -> None:
+        super().__init__()
+        shape = (3, 32, 32)  # the mean image
+        self.register_buffer("mean", torch.zeros(shape) if mean is None else mean.view(shape))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images - self.mean

@@ -28,6 +28,18 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 DATA_PATH = "/usr/share/datasets/fashion-mnist"
 INPUT_SHAPE = (1, 32, 32)  # channels, height, width
 CLASSES = 10
+CLASS_NAMES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)  # the labels' names, in order
 
 
 class DataError(Exception):
@@ -218,6 +230,7 @@ class ArrayData:
         mean_cache: Path | None = None,
     ) -> None:
         arrays = load_arrays(Path(root).expanduser())
+        self.class_names = list(CLASS_NAMES)  # the labels' names, saved in checkpoints
         (images, labels), held_out = hold_out(*arrays["train"], val_split)
         keep = len(labels)
         check_batch(batch_size, mesh.devices.size, "devices", keep)

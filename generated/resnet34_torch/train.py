@@ -233,6 +233,7 @@ def save_checkpoint(run: runtime.RunDirectory, model: torch.nn.Module, parts: di
         "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
     }
     state |= {"iteration": iteration, "clock": clock, "log_window": [t.cpu() for t in window]}
+    state["classes"] = parts["data"].class_names  # their names, for predict.py
     buffer = io.BytesIO()
     torch.save(runtime.seal(state, SPEC, tensor_bytes), buffer)
     run.save_checkpoint(buffer.getvalue())
@@ -414,7 +415,12 @@ def main(argv: list[str] | None = None) -> None:
     curve_every = runtime.curve_interval(args.eval_every, total)  # iterations between test errors
     optimizer = sgd(model.parameters())
     # what a checkpoint holds beside the model; a resume restores it
-    parts = {"optimizer": optimizer, "schedule": schedule, "data": data}
+    parts = {
+        "optimizer": optimizer,
+        "schedule": schedule,
+        "data": data,
+        "preprocess": data.preprocess,
+    }
     state = resume(run, model, parts, device, rank) if args.resume else {}
     start_from(model, init, args, lead=rank == 0)  # --init-from: a new run from a file's weights
     start, window = state.get("iteration", 0), [t.to(device) for t in state.get("log_window", [])]

@@ -158,20 +158,21 @@ class ResNet(nn.Module):
         return x
 
 
-def build_model() -> ResNet:
-    """The network of specs/resnet50.res."""
-    return ResNet()
+def build_model(num_classes: int = 1000) -> ResNet:
+    """The network of specs/resnet50.res; `num_classes` sets its classifier's outputs."""
+    return ResNet(num_classes=num_classes)
 
 
-def init_variables(seed: int = 0) -> dict[str, Any]:
+def init_variables(seed: int = 0, num_classes: int = 1000) -> dict[str, Any]:
     """{"params", "batch_stats"} of a newly initialised network, from `jax.random.key(seed)`."""
     images = jnp.zeros((1, 224, 224, 3), jnp.float32)
-    return build_model().init(jax.random.key(seed), images)
+    return build_model(num_classes).init(jax.random.key(seed), images)
 
 
 def logits(variables: dict[str, Any], images: jax.Array) -> jax.Array:
-    """Eval mode (BN uses its running averages, no dropout): [N, H, W, C] float32 -> [N, 1000].
+    """Eval mode (BN uses its running averages, no dropout): [N, H, W, C] float32 -> [N, classes].
 
     Runs op by op; `jax.jit(logits)` compiles it, worth it for repeated calls.
     """
-    return build_model().apply(variables, images)
+    classes = variables["params"]["fc"]["bias"].shape[0]
+    return build_model(classes).apply(variables, images)

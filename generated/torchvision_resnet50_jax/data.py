@@ -420,6 +420,7 @@ class FolderSplits:
     ) -> None:
         self.root = Path(root).expanduser()
         splits = list_images(self.root)
+        self.class_names = class_folders(self.root / "train")  # saved in checkpoints
         self.train, held_out = hold_out(*splits["train"], val_split)
         self.splits = {"test": splits["test"], **({"val": held_out} if val_split else {})}
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world

@@ -25,6 +25,18 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 DATA_PATH = "data/cifar-10-batches-py"
 INPUT_SHAPE = (3, 32, 32)  # channels, height, width
 CLASSES = 10
+CLASS_NAMES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)  # the labels' names, in order
 
 
 class DataError(Exception):
@@ -204,6 +216,7 @@ class ArrayData:
         mean_cache: Path | None = None,
     ) -> None:
         arrays = load_arrays(Path(root).expanduser())
+        self.class_names = list(CLASS_NAMES)  # the labels' names, saved in checkpoints
         (images, labels), held_out = hold_out(*arrays["train"], val_split)
         keep = len(labels)
         check_batch(batch_size, mesh.devices.size, "devices", keep)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
@@ -413,6 +414,7 @@ class FolderSplits:
     ) -> None:
         self.root = Path(root).expanduser()
         splits = list_images(self.root)
+        self.class_names = class_folders(self.root / "train")  # saved in checkpoints
         self.train, held_out = hold_out(*splits["train"], val_split)
         self.splits = {"test": splits["test"], **({"val": held_out} if val_split else {})}
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
@@ -490,6 +492,9 @@ class FolderData(FolderSplits):
         check_batch(batch_size, world, "processes", len(self.train[1]))
         self.device, self.workers = device, workers
         self.mean = self.training_mean(mean_cache)
+        # the test-time preprocessing after centre_view, for predict.py and export.py (saved in
+        # the checkpoint)
+        self.preprocess = Preprocess(torch.from_numpy(self.mean))
 
     def load(self, images: ImageFiles, **options):
         """The batches of a DataLoader on `workers` processes (its own generator leaves the global
@@ -553,3 +558,19 @@ class FolderData(FolderSplits):
         if cache is not None:
             write_mean(cache, lambda f: torch.save({"mean": mean, "count": len(paths)}, f))
         return mean.numpy()
+
+
+class Preprocess(nn.Module):
+    """The spec's test-time preprocessing as a module: centre crops [N, 3, 224, 224] in [0, 1]
+    (`centre_view`) -> the network's input [N, 3, 224, 224]: per-pixel mean subtracted. Its
+    statistics are the training split's: buffers, saved in the checkpoint (`preprocess`) and
+    in exported graphs. predict.py and export.py put it before the network;
+    `data.preprocess` is the run's."""
+
+    def __init__(self, mean: torch.Tensor | None = None) -> None:
+        super().__init__()
+        shape = (3, 224, 224)  # the mean image
+        self.register_buffer("mean", torch.zeros(shape) if mean is None else mean.view(shape))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images - self.mean

@@ -8,35 +8,42 @@
     # torch.export's program (torch.export.load reads it)
     python generated/variants_se_resnet50_torch/export.py --checkpoint runs/variants_se_resnet50_torch/checkpoint.pt --format torch-export -o seresnet50.pt2
 
-Without --checkpoint the freshly initialised network (from --seed) is exported. The input is
-[batch, 3, 224, 224] float32 (preprocessed as data.py does), the output the logits,
-[batch, 1000]; the batch size is a dynamic dimension. The file is written to a
-temporary file beside it, then renamed: it is never half written.
+Without --checkpoint the freshly initialised network (from --seed) is exported. By default the
+spec's test-time preprocessing is part of the graph (data.py's Preprocess, with the checkpoint's
+statistics): its input is centre crops [N, 3, 224, 224] in [0, 1] (`centre_view`), float32; with
+--no-preprocess it is the network's own, [batch, 3, 224, 224], preprocessed as data.py does. The
+output is the logits, [batch, 1000]; the batch size is a dynamic dimension. The file is
+written to a temporary file beside it, then renamed: it is never half written.
 """
 
 import os
 from pathlib import Path
 
 import torch
+from torch import nn
 
 import runtime
+from data import Preprocess
 from model import build_model
 from train import load_checkpoint
 
 SPEC = "specs/variants/se_resnet50.res"
-INPUT_SHAPE = (3, 224, 224)  # channels, height, width
+INPUT_SHAPE = (3, 224, 224)  # the network's input: channels, height, width
+RAW_SHAPE = (3, 224, 224)  # the input with --preprocess: centre crops
 # each format: what writes it, and the usual suffix of its files
 FORMATS = {"onnx": ("torch.onnx.export", ".onnx"), "torch-export": ("torch.export.save", ".pt2")}
 
 
-def load_model(checkpoint: Path | None, seed: int) -> torch.nn.Module:
-    """The network in eval mode: a checkpoint's weights (checked as train.py checks them), or
-    freshly initialised ones."""
+def load_model(checkpoint: Path | None, seed: int, preprocess: bool) -> torch.nn.Module:
+    """The network in eval mode, after the spec's preprocessing when `preprocess`: a checkpoint's
+    weights and statistics (checked as train.py checks them), or freshly initialised ones."""
     torch.manual_seed(seed)
-    model = build_model()
+    model, before = build_model(), Preprocess()
     if checkpoint is not None:
-        load_checkpoint(checkpoint, model, torch.device("cpu"))
-    return model.eval()
+        before.load_state_dict(
+            load_checkpoint(checkpoint, model, torch.device("cpu"))["preprocess"]
+        )
+    return (nn.Sequential(before, model) if preprocess else model).eval()
 
 
 def write_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -56,14 +63,14 @@ def write_torch_export(model: torch.nn.Module, example: torch.Tensor, path: Path
 WRITERS = {"onnx": write_onnx, "torch-export": write_torch_export}
 
 
-def export(model: torch.nn.Module, fmt: str, output: Path) -> None:
+def export(model: torch.nn.Module, fmt: str, output: Path, shape: tuple[int, ...]) -> None:
     """Write `model` in `fmt` to a temporary file beside `output`, then rename it into place."""
     if not output.parent.is_dir():
         raise runtime.RunError(f"{output.parent} is not a directory; create it first")
     partial = output.with_name(
         f".{output.name}.{os.getpid()}.tmp{output.suffix}"
     )  # the same suffix
-    example = torch.zeros(2, *INPUT_SHAPE)  # batch 2: 1 would be taken for a constant
+    example = torch.zeros(2, *shape)  # batch 2: 1 would be taken for a constant
     try:
         with torch.no_grad():
             WRITERS[fmt](model, example, partial)
@@ -81,13 +88,17 @@ def main(argv: list[str] | None = None) -> None:
     args = runtime.export_parser(
         "runs/variants_se_resnet50_torch", "seresnet50", SPEC, "checkpoint.pt", FORMATS
     ).parse_args(argv)
-    model = load_model(args.checkpoint, args.seed)
-    export(model, args.format, args.output)
+    model = load_model(args.checkpoint, args.seed, args.preprocess)
+    shape = RAW_SHAPE if args.preprocess else INPUT_SHAPE
+    export(model, args.format, args.output, shape)
     source = (
         args.checkpoint if args.checkpoint is not None else f"a fresh network (seed {args.seed})"
     )
+    what = (
+        "images in [0, 1], preprocessed in the graph" if args.preprocess else "preprocessed images"
+    )
     print(
-        f"wrote {args.output} ({args.format}, from {source}), input [batch, {', '.join(map(str, INPUT_SHAPE))}]"
+        f"wrote {args.output} ({args.format}, from {source}), input [batch, {', '.join(map(str, shape))}]: {what}"
     )
 
 

@@ -60,6 +60,14 @@ DATASET_TITLES = {
     "imagefolder": "an image folder",
     "synthetic": "synthetic images",
 }
+# the label names of the datasets whose files do not hold them, in label order
+CLASS_NAMES = {
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                "truck"),
+    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                      "Sneaker", "Bag", "Ankle boot"),
+    "mnist": tuple(str(digit) for digit in range(10)),
+}  # fmt: skip
 READERS = {
     "cifar10": ("common/readers/cifar.py.jinja", ["pickle"]),
     "cifar100": ("common/readers/cifar.py.jinja", ["pickle"]),
@@ -115,7 +123,17 @@ def data_context(spec: ir.Spec) -> dict:
         "before_mean_doc": f", zero-padded to {size}x{size}" if pads else "",
         "mean": mean,
         "augment": list(train.augment),
+        # what Preprocess takes and does (predict.py, export.py)
+        "preprocess_input": (
+            f"centre crops [N, 3, {net.input[1]}, {net.input[2]}] in [0, 1] (`centre_view`)"
+            if kind == "imagefolder"
+            else f"images as the dataset gives them, [N, {net.input[0]}, {native}, {native}] in [0, 1]"
+        ),
+        "preprocess_steps": ", ".join(step_text(s) for s in train.preprocess),
+        # what Preprocess takes: the dataset's images, or an image folder's centre crops
+        "raw_shape": net.input if kind == "imagefolder" else (net.input[0], native, native),
         "normalize": normalize,  # an ir.Normalize, or None
+        "class_names": CLASS_NAMES.get(kind),
         # the steps torchvision's transforms do (on PIL images, in the loader processes)
         "torchvision_steps": bool(photo or erasing),
         "erasing": erasing,

@@ -423,23 +423,24 @@ def uniform(bound: float) -> Callable[..., jax.Array]:
                 code = code.replace("with padding dilation,", "with padding `dilation`,")
         helpers.append(code)
     input_nhwc = (net.input[1], net.input[2], net.input[0])
-    tail = f'''def build_model() -> ResNet:
-    """The network of {code_text(spec.path)}."""
-    return ResNet()
+    tail = f'''def build_model(num_classes: int = {net.classes}) -> ResNet:
+    """The network of {code_text(spec.path)}; `num_classes` sets its classifier's outputs."""
+    return ResNet(num_classes=num_classes)
 
 
-def init_variables(seed: int = 0) -> dict[str, Any]:
+def init_variables(seed: int = 0, num_classes: int = {net.classes}) -> dict[str, Any]:
     """{{"params", "batch_stats"}} of a newly initialised network, from `jax.random.key(seed)`."""
     images = jnp.zeros((1, {", ".join(map(str, input_nhwc))}), jnp.float32)
-    return build_model().init(jax.random.key(seed), images)
+    return build_model(num_classes).init(jax.random.key(seed), images)
 
 
 def logits(variables: dict[str, Any], images: jax.Array) -> jax.Array:
-    """Eval mode (BN uses its running averages, no dropout): [N, H, W, C] float32 -> [N, {net.classes}].
+    """Eval mode (BN uses its running averages, no dropout): [N, H, W, C] float32 -> [N, classes].
 
     Runs op by op; `jax.jit(logits)` compiles it, worth it for repeated calls.
     """
-    return build_model().apply(variables, images)
+    classes = variables["params"]["fc"]["bias"].shape[0]
+    return build_model(classes).apply(variables, images)
 '''
     doc = module_doc(lowered, spec, analysis, flax=True)
     parts = [header + doc, prelude, *helpers, body, tail]

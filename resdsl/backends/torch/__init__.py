@@ -27,6 +27,7 @@ def render_package(
         files["data.py"] = render_template("torch/data.py.jinja", **context)
         files["train.py"] = render_template("torch/train.py.jinja", **context)
         files["export.py"] = render_template("torch/export.py.jinja", **context)
+        files["predict.py"] = render_template("torch/predict.py.jinja", **context)
         files["runtime.py"] = runtime_module(header)
     return files
 
