@@ -42,7 +42,6 @@ from tests.test_torch_trainer import (
     FASHION,
     import_package,
     write_cifar10,
-    write_cifar100,
     write_spec,
 )
 
@@ -651,29 +650,6 @@ def test_missing_data_is_one_line(run_jax, tmp_path):
         "from the IDX files train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
         "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]"
     )
-
-
-@pytest.mark.parametrize(
-    "spec, sets, dataset",
-    [
-        ("specs/cifar/resnet110_stochastic_depth.res", ["n=1"], "cifar10"),  # drop path
-        ("specs/variants/wrn_28_10_dropout.res", ["n=1", "k=1"], "cifar100"),  # block dropout
-    ],
-)
-def test_dropout_and_drop_path_in_blocks_train(run_jax, spec, sets, dataset, tmp_path):
-    """The step gives the network its "dropout" rng whenever a layer draws random numbers, not
-    only for the head's dropout."""
-    loaded, analysis = load_spec(ROOT / spec, sets)
-    package = tmp_path / "pkg"
-    compile_spec(loaded, analysis, backend="jax", output=package, force=True)
-    if dataset == "cifar10":
-        write_cifar10(tmp_path / "data", per_batch=8)
-    else:
-        write_cifar100(tmp_path / "data", train=16, test=8)
-    result = run_jax(package, "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"),
-                     "--iterations", "2", "--batch-size", "8", "--eval-images", "8")  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert json.loads((tmp_path / "run" / "final.json").read_text())["iterations"] == 2
 
 
 def test_help_lists_the_flags(run_jax, synthetic):

@@ -276,28 +276,7 @@ def test_random_erasing_runs_last_on_the_normalized_image(tmp_path, tree):
     assert sum(z > 0 for z in zeros) >= 7, zeros
 
 
-# --- the library recipes train ----------------------------------------------------------------
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    ("recipe", "first_lr"),
-    [("torchvision_v2", 0.5 * 0.01), ("rsb_a2", 5e-3 * 0.002), ("rsb_a3", 8e-3 * 0.00125),
-     ("bag_of_tricks", 0.4 * 0.001)],
-)  # fmt: skip
-def test_each_imagenet_recipe_trains_a_tiny_network_on_an_image_folder(
-    recipe, first_lr, tmp_path, tree
-):
-    package = package_of(tmp_path, TINY_FOLDER % (recipe, ""))
-    run = tmp_path / "run"
-    result = run_train(package, "--data", str(tree), "--out", str(run), "--iterations", "3",
-                       "--workers", "1", "--log-every", "1")  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    final = json.loads((run / "final.json").read_text())
-    assert final["iterations"] == 3
-    assert ("test_ema" in final["results"]) == (recipe == "torchvision_v2")
-    lrs = [r["lr"] for r in logged(run) if "lr" in r]
-    assert len(lrs) == 3 and lrs[0] == pytest.approx(first_lr)  # the linear warm-up's start
-
-
+# --- the library recipes train (each recipe's stand-in: tests/test_library_trains.py) --------
 @pytest.mark.slow
 def test_the_fast_recipe_resumes_exactly_with_mixing_and_an_average(tmp_path):
     assert (FASHION / "train-images-idx3-ubyte.gz").exists()
