@@ -69,6 +69,14 @@ def create_flax_model(
     classes = {} if num_classes is None else {"num_classes": num_classes}
 
     def init(seed: int = 0) -> dict:
-        return module.init_variables(seed, **classes)
+        import jax
+
+        # compiled without XLA's backend optimizations: an initialisation runs once, and
+        # optimizing it takes XLA seconds (the same draws; a value may differ in its last bit)
+        compiled = jax.jit(
+            module.init_variables, static_argnums=(0,), static_argnames="num_classes"
+        )
+        lowered = compiled.lower(seed, **classes)
+        return lowered.compile({"xla_backend_optimization_level": 0})()
 
     return module.build_model(**classes), init
