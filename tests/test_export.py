@@ -179,23 +179,34 @@ def test_torch_export_errors_are_one_line(torch_run, tmp_path):
 
 # --- JAX --------------------------------------------------------------------------------------
 def test_stablehlo_export_matches_logits_at_two_batch_sizes(tmp_path):
+    """By default the exported function holds data.py's preprocessing with the checkpoint's
+    statistics (the training mean image subtracted): it takes images in [0, 1]; with
+    --no-preprocess, the network alone."""
     jax = pytest.importorskip("jax")
     pytest.importorskip("flax")
 
     package = compile_tiny(tmp_path, "jax")
     checkpoint = train_two_iterations(package)
-    output = tmp_path / "tiny.jax_exported"
-    result = run(package, "export.py", "--checkpoint", str(checkpoint), "--format", "stablehlo",
-                 "-o", str(output))  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    exported = jax.export.deserialize(bytearray(output.read_bytes()))
     model = load_module(package / "model.py", "tiny_jax_model")
-    variables = jax_checkpoint(checkpoint)["variables"]
-    for batch in (1, 4):
-        images = jax.random.normal(jax.random.key(batch), (batch, 16, 16, 3))
-        scores = np.asarray(exported.call(images))
-        assert scores.shape == (batch, 10)
-        assert np.abs(scores - np.asarray(model.logits(variables, images))).max() <= 1e-5
+    data = load_module(package / "data.py", "tiny_jax_data")
+    saved = jax_checkpoint(checkpoint)
+    variables, statistics = saved["variables"], saved["preprocess"]
+    assert statistics["mean"].shape == (16, 16, 3) and np.abs(statistics["mean"]).max() > 0.1
+    for preprocess in (True, False):
+        output = tmp_path / f"tiny_{preprocess}.jax_exported"
+        result = run(package, "export.py", "--checkpoint", str(checkpoint), "--format",
+                     "stablehlo", "-o", str(output),
+                     *([] if preprocess else ["--no-preprocess"]))  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert ("in [0, 1], preprocessed in the function" in result.stdout) == preprocess
+        exported = jax.export.deserialize(bytearray(output.read_bytes()))
+        for batch in (1, 4):
+            images = jax.random.uniform(jax.random.key(batch), (batch, 16, 16, 3))
+            scores = np.asarray(exported.call(images))
+            assert scores.shape == (batch, 10)
+            network_input = data.preprocess(images, statistics) if preprocess else images
+            expected = np.asarray(model.logits(variables, network_input))
+            assert np.abs(scores - expected).max() <= 1e-5
 
     text = tmp_path / "tiny.mlir"
     result = run(package, "export.py", "--format", "stablehlo-text", "-o", str(text))

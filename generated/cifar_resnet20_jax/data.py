@@ -223,6 +223,8 @@ class ArrayData:
         train = to_float(images)
         mean = training_mean(train, mean_cache)
         train -= mean
+        # `preprocess`'s statistics, channels last, for predict.py and export.py (in checkpoints)
+        self.preprocess_statistics = {"mean": channels_last(mean[None])[0]}
         self.train = replicate(
             {"images": channels_last(train), "labels": labels.astype(np.int32)}, mesh
         )
@@ -284,3 +286,22 @@ def shard(batch: np.ndarray, mesh: Mesh) -> jax.Array:
     return jax.make_array_from_callback(
         batch.shape, NamedSharding(mesh, PartitionSpec("batch")), lambda index: batch[index]
     )
+
+
+# Preprocessing that travels with the model ----------------------------------------------------
+def initial_statistics() -> dict[str, np.ndarray]:
+    """`preprocess`'s statistics before any training image is seen (export.py without
+    --checkpoint): a zero mean."""
+    return {"mean": np.zeros((32, 32, 3), np.float32)}
+
+
+def preprocess(
+    images: np.ndarray | jax.Array, statistics: dict[str, np.ndarray]
+) -> np.ndarray | jax.Array:
+    """The spec's test-time preprocessing, channels last: images as the dataset gives them, [N, 32,
+    32, 3] in [0, 1] -> the network's input [N, 32, 32, 3]: per-pixel mean subtracted, as the
+    evaluation batches are. `statistics` ({"mean": [32, 32, 3]}) are
+    `data.preprocess_statistics`, the run's (the training split's), saved in checkpoints
+    (`preprocess`), or initial_statistics(). NumPy or JAX arrays, traced too: predict.py puts it
+    before the network, export.py inside the exported function."""
+    return images - statistics["mean"]

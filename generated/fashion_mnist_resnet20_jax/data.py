@@ -237,6 +237,8 @@ class ArrayData:
         train = to_float(images)
         mean = training_mean(train, mean_cache)
         train -= mean
+        # `preprocess`'s statistics, channels last, for predict.py and export.py (in checkpoints)
+        self.preprocess_statistics = {"mean": channels_last(mean[None])[0]}
         self.train = replicate(
             {"images": channels_last(train), "labels": labels.astype(np.int32)}, mesh
         )
@@ -298,3 +300,23 @@ def shard(batch: np.ndarray, mesh: Mesh) -> jax.Array:
     return jax.make_array_from_callback(
         batch.shape, NamedSharding(mesh, PartitionSpec("batch")), lambda index: batch[index]
     )
+
+
+# Preprocessing that travels with the model ----------------------------------------------------
+def initial_statistics() -> dict[str, np.ndarray]:
+    """`preprocess`'s statistics before any training image is seen (export.py without
+    --checkpoint): a zero mean."""
+    return {"mean": np.zeros((32, 32, 1), np.float32)}
+
+
+def preprocess(
+    images: np.ndarray | jax.Array, statistics: dict[str, np.ndarray]
+) -> np.ndarray | jax.Array:
+    """The spec's test-time preprocessing, channels last: images as the dataset gives them, [N, 28,
+    28, 1] in [0, 1] -> the network's input [N, 32, 32, 1]: zero-padded to 32x32, per-pixel mean
+    subtracted, as the evaluation batches are. `statistics` ({"mean": [32, 32, 1]}) are
+    `data.preprocess_statistics`, the run's (the training split's), saved in checkpoints
+    (`preprocess`), or initial_statistics(). NumPy or JAX arrays, traced too: predict.py puts it
+    before the network, export.py inside the exported function."""
+    images = jnp.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))  # zero-pad to 32x32
+    return images - statistics["mean"]

@@ -536,6 +536,8 @@ class FolderData(FolderSplits):
         check_batch(batch_size, mesh.devices.size, "devices", len(self.train[1]))
         self.mesh, self.workers = mesh, workers
         self.mean = self.training_mean(mean_cache)
+        # `preprocess`'s statistics, channels last, for predict.py and export.py (in checkpoints)
+        self.preprocess_statistics = {"mean": channels_last(self.mean)}
 
     def load(self, images: ImageFiles, batches: Iterable[list], collate_fn=collate) -> Iterator:
         """The `batches` (lists of items of `images`) loaded in order by `workers` processes, at
@@ -637,3 +639,22 @@ def replicate(tree, mesh: Mesh):
         return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
     return jax.tree.map(copy, tree)
+
+
+# Preprocessing that travels with the model ----------------------------------------------------
+def initial_statistics() -> dict[str, np.ndarray]:
+    """`preprocess`'s statistics before any training image is seen (export.py without
+    --checkpoint): a zero mean."""
+    return {"mean": np.zeros((224, 224, 3), np.float32)}
+
+
+def preprocess(
+    images: np.ndarray | jax.Array, statistics: dict[str, np.ndarray]
+) -> np.ndarray | jax.Array:
+    """The spec's test-time preprocessing, channels last: centre crops [N, 224, 224, 3] in [0, 1]
+    (`centre_view`) -> the network's input [N, 224, 224, 3]: per-pixel mean subtracted, as the
+    evaluation batches are. `statistics` ({"mean": [224, 224, 3]}) are
+    `data.preprocess_statistics`, the run's (the training split's), saved in checkpoints
+    (`preprocess`), or initial_statistics(). NumPy or JAX arrays, traced too: predict.py puts it
+    before the network, export.py inside the exported function."""
+    return images - statistics["mean"]

@@ -9,10 +9,12 @@
     python generated/torchvision_resnet50_jax/export.py --checkpoint runs/torchvision_resnet50_jax/checkpoint.msgpack --format stablehlo-text -o resnet50.mlir
 
 Without --checkpoint the freshly initialised network (from --seed) is exported. The weights are
-constants of the exported function; its input is [batch, 224, 224, 3] float32 (NHWC,
-preprocessed as data.py does), its output the logits, [batch, 1000], with `batch` a
-symbolic dimension. The file is written to a temporary file beside it, then renamed: it is never
-half written.
+constants of the exported function. By default the spec's test-time preprocessing is part of it
+(data.py's `preprocess`, with the checkpoint's statistics, constants too): its input is centre
+crops [batch, 224, 224, 3] in [0, 1] (`centre_view`), float32; with --no-preprocess it is the
+network's own, [batch, 224, 224, 3] (NHWC, preprocessed as data.py does). The output is the
+logits, [batch, 1000], with `batch` a symbolic dimension. The file is written to a temporary
+file beside it, then renamed: it is never half written.
 
     exported = jax.export.deserialize(bytearray(open("resnet50.jax_exported", "rb").read()))
     scores = exported.call(images)
@@ -24,11 +26,13 @@ import jax
 import jax.numpy as jnp
 
 import runtime
+from data import initial_statistics, preprocess
 from model import init_variables, logits
-from train import checked_variables, load_checkpoint
+from train import checked_variables, inference_parts, load_checkpoint
 
 SPEC = "specs/torchvision/resnet50.res"
-INPUT_SHAPE = (224, 224, 3)  # height, width, channels
+INPUT_SHAPE = (224, 224, 3)  # the network's input: height, width, channels
+RAW_SHAPE = (224, 224, 3)  # the input with --preprocess: centre crops
 # each format: what writes it, and the usual suffix of its files
 FORMATS = {
     "stablehlo": ("Exported.serialize()", ".jax_exported"),
@@ -36,19 +40,29 @@ FORMATS = {
 }
 
 
-def load_variables(checkpoint: Path | None, seed: int) -> dict:
-    """{"params", "batch_stats"}: a checkpoint's (checked as train.py checks them), or freshly
-    initialised ones."""
+def load_variables(
+    checkpoint: Path | None, seed: int, preprocessing: bool
+) -> tuple[dict, dict | None]:
+    """{"params", "batch_stats"} and, with `preprocessing`, the statistics of data.preprocess (else
+    None): a checkpoint's (checked as train.py checks them), or freshly initialised ones (and
+    initial_statistics())."""
     if checkpoint is None:
-        return init_variables(seed)
-    return jax.tree.map(jnp.asarray, checked_variables(load_checkpoint(checkpoint), checkpoint))
+        return init_variables(seed), initial_statistics() if preprocessing else None
+    saved = load_checkpoint(checkpoint)
+    variables = jax.tree.map(jnp.asarray, checked_variables(saved, checkpoint))
+    return variables, inference_parts(saved, checkpoint)[0] if preprocessing else None
 
 
-def exported(variables: dict) -> jax.export.Exported:
-    """The eval-mode network with these weights, for a symbolic batch size."""
+def exported(variables: dict, statistics: dict | None) -> jax.export.Exported:
+    """The eval-mode network with these weights, for a symbolic batch size; after data.py's
+    preprocessing with `statistics`, unless they are None."""
+
+    def network(images: jax.Array) -> jax.Array:
+        return logits(variables, images if statistics is None else preprocess(images, statistics))
+
     (batch,) = jax.export.symbolic_shape("batch")
-    images = jax.ShapeDtypeStruct((batch, *INPUT_SHAPE), jnp.float32)
-    return jax.export.export(jax.jit(lambda x: logits(variables, x)))(images)
+    shape = INPUT_SHAPE if statistics is None else RAW_SHAPE
+    return jax.export.export(jax.jit(network))(jax.ShapeDtypeStruct((batch, *shape), jnp.float32))
 
 
 def serialized(program: jax.export.Exported, fmt: str) -> bytes:
@@ -70,9 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     args = runtime.export_parser(
         "runs/torchvision_resnet50_jax", "resnet50", SPEC, "checkpoint.msgpack", FORMATS
     ).parse_args(argv)
-    variables = load_variables(args.checkpoint, args.seed)
+    variables, statistics = load_variables(args.checkpoint, args.seed, args.preprocess)
     try:
-        data = serialized(exported(variables), args.format)
+        data = serialized(exported(variables, statistics), args.format)
     except Exception as error:  # the exporter's own errors
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise runtime.RunError(f"exporting to {args.format} failed ({reason})") from None
@@ -80,8 +94,14 @@ def main(argv: list[str] | None = None) -> None:
     source = (
         args.checkpoint if args.checkpoint is not None else f"a fresh network (seed {args.seed})"
     )
+    shape = RAW_SHAPE if args.preprocess else INPUT_SHAPE
+    what = (
+        "images in [0, 1], preprocessed in the function"
+        if args.preprocess
+        else "preprocessed images"
+    )
     print(
-        f"wrote {args.output} ({args.format}, from {source}), input [batch, {', '.join(map(str, INPUT_SHAPE))}]"
+        f"wrote {args.output} ({args.format}, from {source}), input [batch, {', '.join(map(str, shape))}]: {what}"
     )
 
 

@@ -441,11 +441,16 @@ def compile_steps(args, mesh: Mesh) -> dict:
 def save_checkpoint(run: runtime.RunDirectory, host: dict, parts: dict, iteration: int, clock: dict,
                     window: list) -> None:  # fmt: skip
     """The training state copied to the host (`host`), the state dicts of `parts`, the clock and
-    the log window (so that the log line after a resume is the same) as NumPy arrays and Python
+    the log window (so that the log line after a resume is the same), the data's preprocessing
+    statistics and class names (predict.py's and export.py's) as NumPy arrays and Python
     values in Flax's msgpack format, sealed with the spec and their digest (runtime.seal):
     flax.serialization.msgpack_restore reads it."""
     state = {"variables": variables_of(host), "opt_state": jax.tree.leaves(host["opt_state"])}
     state |= {name: part.state_dict() for name, part in parts.items()}
+    state |= {
+        "preprocess": parts["data"].preprocess_statistics,
+        "classes": parts["data"].class_names,
+    }
     state |= {"iteration": iteration, "clock": clock, "log_window": jax.device_get(window)}
     state = jax.device_get(state)
     run.save_checkpoint(serialization.msgpack_serialize(runtime.seal(state, SPEC, array_bytes)))
@@ -481,6 +486,15 @@ def checked_variables(saved: dict, path: Path) -> dict:
     if not fits:
         raise runtime.RunError(f"{path} does not hold the variables of this network")
     return saved["variables"]
+
+
+def inference_parts(saved: dict, path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
+    """A checkpoint's preprocessing statistics (data.preprocess takes them) and class names, for
+    predict.py and export.py."""
+    if "preprocess" not in saved or "classes" not in saved:
+        raise runtime.RunError(f"{path} was written by an earlier train.py, without the preprocessing statistics and "
+                               "class names (export.py --no-preprocess takes it)")  # fmt: skip
+    return saved["preprocess"], saved["classes"]
 
 
 # Starting from weights (--init-from) ------------------------------------------------------------

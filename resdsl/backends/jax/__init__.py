@@ -54,5 +54,6 @@ def render_package(
         files["data.py"] = render_template("jax/data.py.jinja", **context)
         files["train.py"] = render_template("jax/train.py.jinja", **context)
         files["export.py"] = render_template("jax/export.py.jinja", **context)
+        files["predict.py"] = render_template("jax/predict.py.jinja", **context)
         files["runtime.py"] = runtime_module(header)
     return files
