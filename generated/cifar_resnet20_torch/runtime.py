@@ -173,7 +173,7 @@ def export_parser(
     p.add_argument("-o", "--output", type=Path, required=True, help="the file to write")
     p.add_argument("--seed", type=integer, default=0,
                    help="initialisation without --checkpoint (default: %(default)s)")  # fmt: skip
-    switch(p, "--preprocess", "the spec's test-time preprocessing (data.py's Preprocess, with the "
+    switch(p, "--preprocess", "the spec's test-time preprocessing (data.py's, with the "
            "checkpoint's statistics) inside the exported graph, which then takes images as the "
            "dataset gives them, in [0, 1] (default: on)", default=True)  # fmt: skip
     return p

@@ -417,6 +417,16 @@ def jit(function, args, **options):
     return jax.jit(function, **options) if args.compile else function
 
 
+def initial_variables(args) -> dict:
+    """A new network's variables, from --seed: compiled without XLA's backend optimizations (an
+    initialisation runs once, and optimizing it takes XLA seconds; the same random draws, a value
+    may differ in its last bit), or op by op with --no-compile."""
+    if not args.compile:
+        return init_variables(args.seed)
+    lowered = jax.jit(init_variables, static_argnums=0).lower(args.seed)
+    return lowered.compile({"xla_backend_optimization_level": 0})()
+
+
 def compile_steps(args, mesh: Mesh) -> dict:
     """The training step and an evaluation step per protocol."""
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -677,7 +687,7 @@ def main(argv: list[str] | None = None) -> None:
         resume(run, optimizer, parts, lead) if args.resume else ({}, {}, {})
     )
     if not variables:  # a new run
-        variables = jit(init_variables, args, static_argnums=0)(args.seed)
+        variables = initial_variables(args)
         if init is not None:  # from the weights of a file (--reinit-head: but the fc)
             variables = init_from(variables, init, args.reinit_head)
             if lead:
