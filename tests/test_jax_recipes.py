@@ -12,7 +12,6 @@ from __future__ import annotations
 import ast
 import collections
 import inspect
-import json
 import os
 import re
 import subprocess
@@ -24,10 +23,10 @@ import pytest
 
 from resdsl.compile import build_files
 from resdsl.frontend import load_spec
-from tests.helpers import ROOT, jax_checkpoint, logged
+from tests.helpers import ROOT
 from tests.test_jax_trainer import compile_jax, compile_torch, mesh
 from tests.test_torch_folder import write_tree
-from tests.test_torch_trainer import FASHION, import_package, write_cifar10, write_spec
+from tests.test_torch_trainer import import_package, write_cifar10, write_spec
 
 jax = pytest.importorskip("jax")
 optax = pytest.importorskip("optax")
@@ -116,16 +115,6 @@ TINY_V2 = (
         length   3 epochs
         warmup   linear from 0.01 for 1
         ema      decay 0.99998, every 2, adjust
-    }"""
-)
-TINY_A2 = (
-    TINY_FOLDER
-    % """rsb_a2 {
-        augment  random_resized_crop 48 interpolation bicubic, hflip,
-                 rand_augment ops 2 magnitude 7 magnitude_std 0.5 interpolation bicubic
-        batch    4, repeated_augmentation 3
-        length   3 epochs
-        warmup   linear from 0.002 for 1
     }"""
 )
 
@@ -736,54 +725,3 @@ def test_only_what_the_spec_uses():
     v2_files = build_files(*load_spec("specs/torchvision/resnet50_v2.res"), backend="jax")
     assert "cutmix_box" in v2_files["train.py"] and "update_average" in v2_files["train.py"]
     assert "scale_by_trust_ratio" not in v2_files["train.py"]
-
-
-# --- runs --------------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_the_fast_fashion_mnist_recipe_trains(run_jax, tmp_path):
-    assert (FASHION / "train-images-idx3-ubyte.gz").exists(), (
-        "apt-get install dataset-fashion-mnist"
-    )
-    package = compile_jax(ROOT / "specs/fashion-mnist/resnet20_fast.res", tmp_path / "pkg")
-    run = tmp_path / "run"
-    result = run_jax(package, "--out", str(run), "--iterations", "3", "--eval-images", "500",
-                     "--batch-size", "64", "--log-every", "1")  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    final = json.loads((run / "final.json").read_text())
-    assert final["iterations"] == 3 and list(final["results"]) == ["test"]
-    assert list(final["results"]["test"]) == ["flip_average"]
-    assert 0 <= final["test_top1_error"] <= 1
-    rates = [r["lr"] for r in logged(run) if "lr" in r]
-    expected = [0.0, 0.4 * (1 - (1 / 3 - 0.2) / 0.8), 0.4 * (1 - (2 / 3 - 0.2) / 0.8)]
-    assert rates == pytest.approx(expected)  # piecewise over 3 iterations
-    assert set(jax_checkpoint(run / "checkpoint.msgpack")) >= {"variables", "opt_state", "data"}
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["torchvision_v2", "rsb_a2"])
-def test_tiny_folder_recipes_train(run_jax, tree, tmp_path, recipe):
-    text = TINY_V2 if recipe == "torchvision_v2" else TINY_A2
-    package = compile_jax(write_spec(tmp_path, text), tmp_path / "pkg")
-    run = tmp_path / "run"
-    result = run_jax(package, "--data", str(tree), "--out", str(run), "--iterations", "8",
-                     "--workers", "1", "--eval-images", "3", "--log-every", "4")  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    final = json.loads((run / "final.json").read_text())
-    ema = recipe == "torchvision_v2"
-    assert set(final["results"]) == ({"test", "test_ema"} if ema else {"test"})
-    assert all(0 <= r["single_view"]["top1_error"] <= 1 for r in final["results"].values())
-    state = jax_checkpoint(run / "checkpoint.msgpack")
-    assert ("ema" in state) == ema and "schedule" not in state
-    if ema:  # the average of the weights, not the weights
-        shapes = jax.tree.map(np.shape, state["variables"])
-        assert jax.tree.map(np.shape, state["ema"]) == shapes
-        assert not all(
-            np.array_equal(a, b)
-            for a, b in zip(jax.tree.leaves(state["ema"]), jax.tree.leaves(state["variables"]))
-        )
-    train = import_package(package)["train"]
-    rates = [r["lr"] for r in logged(run) if "lr" in r]
-    schedule = train.LearningRate(8, 3 * 4, 4)  # 18 images: 4 batches of 4 an epoch
-    assert rates == pytest.approx([schedule.lr(3), schedule.lr(7)])
-    lr = 0.5 if ema else 0.005  # the warm-up's first epoch (1 of 2), then the cosine's start
-    assert rates == pytest.approx([lr * (0.01 if ema else 0.002), lr])
