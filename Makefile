@@ -8,7 +8,7 @@ DEMO_SPEC       ?= specs/fashion-mnist/resnet20.res
 DEMO_PACKAGE    ?= generated/fashion_mnist_resnet20_torch
 DEMO_ITERATIONS ?= 800
 
-.PHONY: setup data test test-fast demo goldens editors clean
+.PHONY: setup data test test-long test-fast demo goldens editors clean
 
 setup: $(VENV)/.installed
 
@@ -23,8 +23,14 @@ data:
 	elif [ "$$(id -u)" = 0 ]; then apt-get install -y -q dataset-fashion-mnist; \
 	else echo "Fashion-MNIST is missing: run  sudo apt-get install dataset-fashion-mnist"; exit 1; fi
 
+# The suite but its long end-to-end runs (within 6 minutes on 2 quiet cores), then those runs
+# (the trainer of every library spec in both backends, real-data runs, several processes, the
+# fuzzer): their constructs are covered by `make test` too, more cheaply. .ci/run runs both.
 test: setup data
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --dist worksteal -m "not long"
+
+test-long: setup data
+	$(PY) -m pytest -q -n 2 --dist worksteal -m long
 
 # The front end, the analysis, the printers and the goldens (about half a minute on 2 cores): the
 # lane to run while changing the language or the compiler; `make test` before a commit.

@@ -178,6 +178,7 @@ def test_torch_export_errors_are_one_line(torch_run, tmp_path):
 
 
 # --- JAX --------------------------------------------------------------------------------------
+@pytest.mark.long
 def test_stablehlo_export_matches_logits_at_two_batch_sizes(tmp_path):
     """By default the exported function holds data.py's preprocessing with the checkpoint's
     statistics (the training mean image subtracted): it takes images in [0, 1]; with
@@ -269,6 +270,7 @@ def test_init_from_starts_from_the_files_weights(torch_run, tmp_path):
             torch.testing.assert_close(saved[name], state[name] * decay, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.long
 def test_init_from_with_reinit_head_and_mismatches(torch_run, tmp_path):
     import torch
 

@@ -242,11 +242,12 @@ def test_output_keeps_the_mode_of_the_directory_it_replaces(tmp_path, capsys):
 # --- the fuzzer ----------------------------------------------------------------------------------
 
 
+@pytest.mark.long
 def test_fuzzed_specs_end_in_located_errors(tmp_path):
-    """200 mutations of the library's specs (bench/fuzz.py runs 10,000)."""
+    """300 mutations of the library's specs (bench/fuzz.py runs 10,000)."""
     prepare(tmp_path)
     failures = []
-    for name, data in inputs(seed=2026, count=200):
+    for name, data in inputs(seed=2026, count=300):
         path = tmp_path / name
         path.write_bytes(data)
         outcome = run_one(path)

@@ -463,6 +463,7 @@ print("same batches")
     assert result.stdout.strip() == "same batches"
 
 
+@pytest.mark.long
 def test_a_tiny_image_folder_run_reports_every_protocol(run_jax, folder, tree, tmp_path):
     run = tmp_path / "run"
     result = run_jax(folder["jax"], "--data", str(tree), "--out", str(run), "--iterations", "4",
@@ -503,6 +504,7 @@ def test_an_undecodable_image_stops_the_run_with_its_name(run_jax, folder, tmp_p
 
 
 # --- runs --------------------------------------------------------------------------------------
+@pytest.mark.long
 @pytest.mark.slow
 def test_a_short_run_on_real_fashion_mnist_is_far_above_chance(run_jax, tmp_path):
     assert (FASHION / "train-images-idx3-ubyte.gz").exists(), (
@@ -543,6 +545,7 @@ def test_a_short_run_on_real_fashion_mnist_is_far_above_chance(run_jax, tmp_path
     )
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_two_devices_and_two_processes_train_as_one(run_jax, synthetic, tmp_path):
     """The same global batch, data, augmentation and dropout, BN over the global batch: a run on

@@ -124,6 +124,7 @@ def tree(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.long
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", "jax"])
 @pytest.mark.parametrize("spec_path", sorted(STAND_INS))

@@ -123,6 +123,7 @@ def jax_fashion_run(tmp_path_factory) -> tuple[Path, Path]:
     return package, directory / "run" / "checkpoint.msgpack"
 
 
+@pytest.mark.long
 def test_jax_preprocess_is_the_pipelines_test_time_preprocessing(jax_fashion_run):
     import jax
 
@@ -141,6 +142,7 @@ def test_jax_preprocess_is_the_pipelines_test_time_preprocessing(jax_fashion_run
     np.testing.assert_array_equal(np.asarray(ours), np.asarray(images))
 
 
+@pytest.mark.long
 def test_jax_predict_names_the_classes_of_image_files_and_test_images(jax_fashion_run, tmp_path):
     package, checkpoint = jax_fashion_run
     for script in ("predict.py", "export.py"):
@@ -169,6 +171,7 @@ def test_jax_predict_names_the_classes_of_image_files_and_test_images(jax_fashio
     assert lines[1].startswith("test image 3333 (") and lines[2].startswith("test image 6666 (")
 
 
+@pytest.mark.long
 def test_jax_predict_errors_are_one_line(jax_fashion_run, tmp_path):
     package, checkpoint = jax_fashion_run
     (tmp_path / "notes.png").write_text("not an image")

@@ -440,6 +440,7 @@ def test_an_undecodable_image_stops_the_trainer_with_its_name(package, tmp_path)
     assert f"error: cannot decode {root / 'train' / 'b_dog' / '7.png'}" in result.stderr
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_kill_and_resume_ends_with_the_same_weights(package, tree, tmp_path):
     common = ["--data", str(tree), "--iterations", "60", "--batch-size", "4", "--workers", "1",

@@ -277,6 +277,7 @@ def test_random_erasing_runs_last_on_the_normalized_image(tmp_path, tree):
 
 
 # --- the library recipes train (each recipe's stand-in: tests/test_library_trains.py) --------
+@pytest.mark.long
 @pytest.mark.slow
 def test_the_fast_recipe_resumes_exactly_with_mixing_and_an_average(tmp_path):
     assert (FASHION / "train-images-idx3-ubyte.gz").exists()

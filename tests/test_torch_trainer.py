@@ -381,6 +381,7 @@ def test_plateau_divides_the_learning_rate(tmp_path):
 
 
 # --- runs ------------------------------------------------------------------------------------
+@pytest.mark.long
 @pytest.mark.slow
 def test_a_short_run_on_real_fashion_mnist_is_far_above_chance(fashion, tmp_path):
     assert (FASHION / "train-images-idx3-ubyte.gz").exists(), (
