@@ -10,7 +10,7 @@ that length (`--iterations`), so that each recipe's schedule ends within the bud
 evaluated on all 10,000 test images, each by its spec's protocol (single view; flip average).
 
 Writes runs/recipes/YYYYmmdd-HHMMSS/ (or --out): the packages, one run directory per recipe and
-results.md with the table. Example, on the 2-core CPU (about 25 minutes in all):
+results.md with the table. A recipe whose run in --out has finished is read, not run again. Example, on the 2-core CPU (about 25 minutes in all):
 
     .venv/bin/python bench/recipes.py --budget-s 600
 
@@ -49,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="the results' directory (default: a new one)")
+    parser.add_argument("--recipes", nargs="+", choices=sorted(SPECS), default=list(SPECS),
+                        help="the recipes to run (default: both)")  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -83,20 +85,23 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or ROOT / "runs" / "recipes" / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for recipe, spec_path in SPECS.items():
-        spec, analysis = load_spec(ROOT / spec_path)
-        package = out / "packages" / f"{recipe}_torch"
-        compile_spec(spec, analysis, backend="torch", output=package, force=True)
-        per_iteration = seconds_per_iteration(package, out / recipe, args)
-        iterations = max(1, int(args.budget_s / per_iteration))
-        print(
-            f"{recipe}: {per_iteration:.3f} s per iteration -> {iterations} iterations", flush=True
-        )
+    for recipe in args.recipes:
+        spec_path = SPECS[recipe]
         run = out / recipe / "run"
-        started = time.perf_counter()
-        train(package, run, "--iterations", str(iterations), "--device", args.device,
-              "--seed", str(args.seed), "--eval-images", "10000", "--log-every", "50")  # fmt: skip
-        wall = time.perf_counter() - started
+        if not (run / "final.json").exists():
+            spec, analysis = load_spec(ROOT / spec_path)
+            package = out / "packages" / f"{recipe}_torch"
+            compile_spec(spec, analysis, backend="torch", output=package, force=True)
+            per_iteration = seconds_per_iteration(package, out / recipe, args)
+            iterations = max(1, int(args.budget_s / per_iteration))
+            print(f"{recipe}: {per_iteration:.3f} s per iteration -> {iterations} iterations",
+                  flush=True)  # fmt: skip
+            started = time.perf_counter()
+            train(package, run, "--iterations", str(iterations), "--device", args.device,
+                  "--seed", str(args.seed), "--eval-images", "10000", "--log-every", "50")  # fmt: skip
+            (out / recipe / "wall.json").write_text(json.dumps(time.perf_counter() - started))
+        wall_file = out / recipe / "wall.json"
+        wall = json.loads(wall_file.read_text()) if wall_file.exists() else None
         final = json.loads((run / "final.json").read_text())
         protocol = next(iter(final["results"]["test"]))
         rows.append((recipe, spec_path, final["iterations"], final["train_s"], wall,
@@ -110,8 +115,9 @@ def main(argv: list[str] | None = None) -> None:
         "|---|---|---|---|---|---|---|",
     ]
     for recipe, spec_path, iterations, train_s, wall, accuracy, protocol in rows:
+        shown = "not recorded" if wall is None else f"{wall:.0f} s"
         lines.append(f"| `{recipe}` | `{spec_path}` | {iterations:,} | {train_s:.0f} s | "
-                     f"{wall:.0f} s | {accuracy:.2%} | {protocol} |")  # fmt: skip
+                     f"{shown} | {accuracy:.2%} | {protocol} |")  # fmt: skip
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"\nwrote {out}/results.md")
