@@ -79,9 +79,13 @@ class _State:
 
 
 class Interpreter:
-    def __init__(self, definitions: Definitions, report: Report) -> None:
+    def __init__(self, definitions: Definitions, report: Report, norm=None) -> None:
+        """`norm`: the network's `norm groupnorm G` (an ir.Norm), which every `batchnorm` layer
+        becomes; None or BN leaves them batch normalisation."""
         self.definitions, self.report = definitions, report
-        self.generic_forms = definitions.generic_forms  # shared: each is interpreted once
+        self.norm = norm if norm is not None and norm.kind != "batchnorm" else None
+        # shared: each is interpreted once (a network's own norm makes forms of its own)
+        self.generic_forms = definitions.generic_forms if self.norm is None else {}
         self.stack: list[str] = []
 
     # --- entry points ----------------------------------------------------------------------------
@@ -199,6 +203,8 @@ class _Run:
         if isinstance(expr, s.Neg | s.Not):
             return apply("neg" if isinstance(expr, s.Neg) else "not",
                          self._value(expr.operand, env), span=expr.span)  # fmt: skip
+        if isinstance(expr, s.Call):
+            return apply(expr.name, *(self._value(a, env) for a in expr.args), span=expr.span)
         if isinstance(expr, s.Choose):
             condition = self._value(expr.condition, env)
             decided = constant(condition)
@@ -398,6 +404,7 @@ class _Run:
         args = self.arguments(st, kind, state)
         if args is None or vanishes(kind, args):
             return
+        kind, args = self.normalisation(kind, args)
         if kind.weighted and st.label is None:
             self.error(
                 f"this {name} has weights, so it needs a name",
@@ -410,10 +417,19 @@ class _Run:
         out = self.channels(kind, args, state, st)
         if out is None:
             return
-        node = LayerNode(st.label.text if st.label else "", name, args, state.channels, out,
+        node = LayerNode(st.label.text if st.label else "", kind.name, args, state.channels, out,
                          st.label is not None, st)  # fmt: skip
         nodes.append(node)
         state.channels = out
+
+    def normalisation(self, kind, args: dict):
+        """A `batchnorm` is the network's norm: `norm groupnorm G` makes it a groupnorm."""
+        norm = self.interpreter.norm
+        if kind.name != "batchnorm" or norm is None:
+            return kind, args
+        kind = KINDS["groupnorm"]
+        given = {"groups": norm.groups, "eps": norm.eps, "zero_init": args["zero_init"]}
+        return kind, complete(kind, given)
 
     def channels(self, kind, args: dict, state: _State, st: s.Layer):
         if kind.gate:
@@ -472,9 +488,10 @@ class _Run:
         args = self.arguments(st, kind, state)
         if args is None or vanishes(kind, args):
             return
+        kind, args = self.normalisation(kind, args)
         out = self.channels(kind, args, state, st)
         if out is not None:
-            nodes.append(LayerNode("", name, args, state.channels, out, False, st))
+            nodes.append(LayerNode("", kind.name, args, state.channels, out, False, st))
             state.channels = out
 
     def call(self, st: s.Layer, state: _State, nodes: list) -> None:
@@ -660,6 +677,9 @@ def argument_problem(kind, name: str, value) -> str | None:
     elif spec.kind == "probability":
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
             return f"{kind.name}'s {name} must be in [0, 1), got {_show(value)}"
+    elif spec.kind == "positive":
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            return f"{kind.name}'s {name} must be a number > 0, got {_show(value)}"
     elif spec.kind == "flag":
         if not isinstance(value, bool):
             return f"`{name}` is a flag: write `, {name}` alone"

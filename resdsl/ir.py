@@ -98,6 +98,15 @@ class BatchNorm(Node):
     eps: PositiveFloat = 1e-5
 
 
+class Norm(Node):
+    """What the `batchnorm` layers of blocks, stems and head are: batch normalisation (the
+    network's `batchnorm` momentum and eps), or group normalisation with `groups` groups."""
+
+    kind: Literal["batchnorm", "groupnorm"] = "batchnorm"
+    groups: PositiveInt = 32
+    eps: PositiveFloat = 1e-5
+
+
 class Head(Node):
     dropout: Probability = 0.0
 
@@ -110,6 +119,7 @@ class Network(Node):
     stages: tuple[Stage, ...] = Field(min_length=1)
     init: Init = Init()
     batchnorm: BatchNorm = BatchNorm()
+    norm: Norm = Norm()
     head: Head = Head()
     # stochastic depth: block l of L drops its residual branch with probability drop_path * l / L
     # (`huang`, Huang et al. 2016), or drop_path * (l - 1) / (L - 1) (`timm`: 0 for the first)

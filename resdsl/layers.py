@@ -32,7 +32,8 @@ class LayerError(Exception):
 
 
 class Option(NamedTuple):
-    """An argument: `kind` is whole (>= 1) | count (>= 0) | probability | flag | word;
+    """An argument: `kind` is whole (>= 1) | count (>= 0) | probability | positive (a number
+    > 0) | flag | word;
     `default` None: required (or, for stride and padding, derived from the kernel)."""
 
     kind: str
@@ -154,6 +155,30 @@ def _bn_params(args: dict, inp: Shape, out: Shape) -> int:
     return 2 * inp[0]
 
 
+def _gn_spatial(args: dict, shape: Shape) -> tuple[int, int]:
+    if shape[0] % args["groups"]:
+        raise LayerError(
+            f"GroupNorm's {args['groups']} groups do not divide its {shape[0]} channels",
+            "choose a number of groups that divides every normalised width (`norm groupnorm G`)",
+        )
+    return shape[1:]
+
+
+def _channel_conv_spatial(args: dict, shape: Shape) -> tuple[int, int]:
+    size = args["size"]
+    if shape[1:] != (1, 1):
+        raise LayerError(
+            f"channel_conv runs across the channels of a pooled map, got {shape[1]}x{shape[2]}",
+            "put a `global_avg_pool` before it",
+        )
+    if size % 2 == 0:
+        raise LayerError(
+            f"channel_conv's kernel size must be odd (it keeps the {shape[0]} channels), got {size}",
+            "make it odd, as ECA does: `k = max(t // 2 * 2 + 1, 3)`",
+        )
+    return (1, 1)
+
+
 def _k(args: dict) -> str:
     return "x".join(map(str, args["kernel"]))
 
@@ -220,6 +245,24 @@ KINDS: dict[str, Kind] = {
         macs=lambda a, i, o: i[0] * o[0] * o[1] * o[2],
         weighted=True,
     ),
+    "channel_conv": Kind(
+        "channel_conv",
+        "a 1-D convolution across the channels of a pooled (1x1) map, one filter of SIZE taps "
+        "and no bias, zero-padded to keep the channels (ECA, Wang et al. 2020; PyTorch's "
+        "nn.Conv1d(1, 1, SIZE) on the channels as a sequence): `channel_conv SIZE`, SIZE odd",
+        doc=lambda a: (
+            "conv across channels"
+            if symbolic(a["size"])
+            else (f"{a['size']}-tap conv across channels")
+        ),  # fmt: skip
+        short=lambda a: "channel conv" if symbolic(a["size"]) else f"channel conv {a['size']}",
+        positional="size",
+        options={"size": Option("whole")},
+        spatial=_channel_conv_spatial,
+        params=lambda a, i, o: a["size"],
+        macs=lambda a, i, o: a["size"] * o[0],
+        weighted=True,
+    ),
     "batchnorm": Kind(
         "batchnorm",
         "batch normalisation (the network's momentum and eps); `zero_init`: gamma starts at 0 "
@@ -227,6 +270,23 @@ KINDS: dict[str, Kind] = {
         doc=_fixed("BN"),
         short=_fixed("BN"),
         options={"zero_init": Option("flag", False)},
+        params=_bn_params,
+        weighted=True,
+    ),
+    "groupnorm": Kind(
+        "groupnorm",
+        "group normalisation (Wu and He 2018; PyTorch's nn.GroupNorm, with a scale and a shift "
+        "per channel): `groupnorm GROUPS, eps E`; `zero_init` as batchnorm's; the network's "
+        "`norm groupnorm G` makes every `batchnorm` one",
+        doc=lambda a: f"GN({a['groups']})",
+        short=lambda a: f"GN{a['groups']}",
+        positional="groups",
+        options={
+            "groups": Option("whole"),
+            "eps": Option("positive", 1e-5),
+            "zero_init": Option("flag", False),
+        },
+        spatial=_gn_spatial,
         params=_bn_params,
         weighted=True,
     ),

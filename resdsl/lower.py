@@ -158,9 +158,14 @@ class Lowered(NamedTuple):
     @property
     def stochastic(self) -> bool:
         """Whether training draws random numbers inside the network (dropout, drop path)."""
+        return any(KINDS[kind].random for kind in self.kinds)
+
+    @property
+    def kinds(self) -> set[str]:
+        """The kinds of the network's layers (blocks used as layers included)."""
         layers = [*self.stem.layers(), *(lay for b in self.blocks() for lay in b.layers()),
                   *self.head]  # fmt: skip
-        return any(KINDS[layer.kind].random for layer in layers)
+        return {layer.kind for layer in layers}
 
     @property
     def stage_classes(self) -> list[BlockClass]:
@@ -178,7 +183,7 @@ _MISSING = ("missing",)  # a parameter a block does not give (its default applie
 class Lowering:
     def __init__(self, network: ir.Network, definitions: Definitions, report: Report):
         self.network, self.definitions, self.report = network, definitions, report
-        self.interpreter = Interpreter(definitions, report)
+        self.interpreter = Interpreter(definitions, report, network.norm)
         self.cache: dict[tuple, Block | None] = {}
         self.preact = False
         self.work = 0  # layers built so far (identical blocks are built once)
@@ -223,7 +228,11 @@ class Lowering:
             stages.append(Stage(stage, f"layer{number}", tuple(blocks), shape, cls))
         if not self._finish_classes(stages):
             return None
-        head_form, head = self._head(shape, stem_form)
+        try:
+            head_form, head = self._head(shape, stem_form)
+        except LayerError as problem:  # the final norm of a pre-activation network
+            self.report.error(f"the head's norm: {problem.message}", net.norm.span, problem.hint)
+            return None
         classes = self._ordered_classes()
         return Lowered(net, self.preact, stem, tuple(stages), head, self.definitions,
                        classes, stem_form, head_form, dict(self.shortcut_forms))  # fmt: skip
@@ -574,7 +583,10 @@ class Lowering:
         taken = {n.attr for n in stem_form.nodes if isinstance(n, LayerNode | GroupNode)}
         nodes = []
         if self.preact:
-            nodes.append(("bn_final", "batchnorm", {"zero_init": False}, features))
+            norm = net.norm
+            nodes.append(("bn_final", "batchnorm", {"zero_init": False}, features)
+                         if norm.kind == "batchnorm" else ("bn_final", "groupnorm", {
+                             "groups": norm.groups, "eps": norm.eps, "zero_init": False}, features))  # fmt: skip
             nodes.append((stem_relu or Namespace(taken).take("relu"), "relu", {}, features))
         nodes.append(("avgpool", "global_avg_pool", {}, features))
         if net.head.dropout:

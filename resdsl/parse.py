@@ -22,8 +22,8 @@ GRAMMAR = Path(__file__).with_name("grammar.lark")
 
 
 NETWORK_STATEMENTS = (
-    "input", "classes", "stem", "block", "shortcut", "stage", "init", "batchnorm", "head",
-    "drop_path",
+    "input", "classes", "stem", "block", "shortcut", "stage", "init", "batchnorm", "norm",
+    "head", "drop_path",
 )  # fmt: skip
 TRAIN_STATEMENTS = (
     "data", "preprocess", "augment", "optimizer", "batch", "schedule", "warmup", "length",
@@ -349,6 +349,22 @@ class _ToSyntax(Transformer):
         return s.Neg(children[0], _span(self.path, meta))
 
     @v_args(meta=True)
+    def call(self, meta, children):
+        name, *args = children
+        span = _span(self.path, meta)
+        if str(name) not in s.FUNCTIONS:
+            self.report.error(
+                f"unknown function `{name}`",
+                _token_span(self.path, name),
+                "values may call `max(a, b, ...)`, `min(a, b, ...)` and `log2(a)`",
+            )
+        elif s.FUNCTIONS[str(name)] is None and len(args) < 2:
+            self.report.error(f"`{name}` needs two values or more", span, f"write `{name}(a, b)`")
+        elif s.FUNCTIONS[str(name)] not in (None, len(args)):
+            self.report.error(f"`{name}` takes one value", span, f"write `{name}(a)`")
+        return s.Call(str(name), tuple(args), span)
+
+    @v_args(meta=True)
     def not_(self, meta, children):
         return s.Not(children[0], _span(self.path, meta))
 
@@ -439,6 +455,7 @@ class _ToSyntax(Transformer):
     stage = _statement("stage")
     init = _statement("init")
     batchnorm = _statement("batchnorm")
+    norm = _statement("norm")
     head = _statement("head")
     data = _statement("data")
     preprocess = _statement("preprocess")

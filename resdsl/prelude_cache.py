@@ -21,7 +21,7 @@ from .diagnostics import Report, Span, remember_source
 NODES = {
     cls.__name__: cls
     for cls in (
-        s.Num, s.Ref, s.BinOp, s.Neg, s.Not, s.Choose, s.Word, s.Str, s.Dims, s.Range, s.Option,
+        s.Num, s.Ref, s.BinOp, s.Neg, s.Not, s.Choose, s.Call, s.Word, s.Str, s.Dims, s.Range, s.Option,
         s.Several, s.Step, s.Statement, s.ParamDecl, s.NetworkDecl, s.TrainDecl, s.Layer, s.Group, s.Let,
         s.If, s.Add, s.Branch, s.Insert, s.Remove, s.Check, s.DefParam, s.Definition, Span,
     )

@@ -182,6 +182,19 @@ def apply(op: str, *args, span=None):
         else:
             kind = _number_type("+", sorted(kinds)) if kinds <= set(NUMBERS) else "any"
         return Op("choose", (condition, then, otherwise), kind, span)
+    if op == "log2":
+        _needs_number(values[0], span)
+        if known:
+            if values[0] <= 0:
+                raise EvalError(f"log2 needs a positive value, got {values[0]}", span)
+            return math.log2(values[0])
+        return Op("log2", (args[0],), "float", span)
+    if op in ("max", "min"):
+        for value in values:
+            _needs_number(value, span)
+        if known:
+            return {"max": max, "min": min}[op](values)
+        return Op(op, tuple(args), _number_type("+", [type_of(v) for v in values]), span)
     if op == "int":
         value = values[0]
         _needs_number(value, span)
@@ -263,6 +276,7 @@ def concrete(value, env: Mapping[str, object]):
 
 # --- Python text ------------------------------------------------------------------------------
 
+CALLS = {"int": "int", "max": "max", "min": "min", "log2": "math.log2"}  # Python calls
 LEVELS = {"choose": 0, "or": 1, "and": 2, "not": 3, **dict.fromkeys(COMPARISONS, 4), "+": 5,
           "-": 5, "*": 6, "/": 6, "//": 6, "neg": 7, "atom": 9}  # fmt: skip
 
@@ -281,7 +295,7 @@ def literal(value) -> str:
 
 def _level(value) -> int:
     if isinstance(value, Op):
-        return 9 if value.op == "int" else LEVELS[value.op]
+        return 9 if value.op in CALLS else LEVELS[value.op]
     if not isinstance(value, bool) and isinstance(value, int | float) and value < 0:
         return 7
     return 9
@@ -294,8 +308,8 @@ def text(value, spell: Callable[[str], str] = str) -> str:
     if not isinstance(value, Op):
         return literal(value)
     op, args = value.op, value.args
-    if op == "int":
-        return f"int({text(args[0], spell)})"
+    if op in CALLS:
+        return f"{CALLS[op]}({', '.join(text(a, spell) for a in args)})"
     level = LEVELS[op]
 
     def wrapped(arg, right: bool = False) -> str:

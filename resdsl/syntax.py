@@ -92,7 +92,19 @@ class Several(NamedTuple):
 
 
 Value = Expr | Str | Dims
-EXPRESSIONS = (Num, Ref, BinOp, Neg, Not, Choose)
+
+
+class Call(NamedTuple):
+    """`max(a, b, ...)`, `min(a, b, ...)` or `log2(a)`: a function of values."""
+
+    name: str
+    args: tuple
+    span: Span
+
+
+# the functions a value may call, and how many values each takes (None: two or more)
+FUNCTIONS = {"max": None, "min": None, "log2": 1}
+EXPRESSIONS = (Num, Ref, BinOp, Neg, Not, Choose, Call)
 
 
 class Option(NamedTuple):

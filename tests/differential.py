@@ -2,12 +2,14 @@
 differential tests of the compiler (tests/test_differential.py runs a few hundred definitions,
 bench/differential.py thousands).
 
-Each spec defines blocks (grouped and dilated convolutions, lets computed through floats and
-choices, numbered groups, dropout, drop path, gates that are blocks used as layers, branch
-points, layers named as the generated code names its own), maybe a stem and a shortcut, and a
-network whose stages use them with the prelude's shortcuts. For each, `check` passes or gives
-located errors; when it passes, the PyTorch and JAX packages build, count what `summary` counts,
-and give the same logits from the same weights.
+Each spec defines blocks (grouped and dilated convolutions, lets computed through floats,
+choices, max, min and log2, numbered groups, dropout, drop path, GroupNorm layers, gates that are
+blocks used as layers (squeeze-and-excitation, or efficient channel attention's convolution
+across channels), branch points, layers named as the generated code names its own), maybe a stem
+and a shortcut, and a network whose stages use them with the prelude's shortcuts (and BN or
+GroupNorm as its norm). For each, `check` passes or gives located errors; when it passes, the
+PyTorch and JAX packages build, count what `summary` counts, and give the same logits from the
+same weights.
 """
 
 from __future__ import annotations
@@ -43,16 +45,27 @@ class Generator:
 
     # --- pieces -------------------------------------------------------------------------------
     def gate(self) -> tuple[str, str]:
-        """A squeeze-and-excitation-like block used as a layer: (name, definition)."""
+        """A squeeze-and-excitation-like block used as a layer, or an efficient channel attention
+        one (a 1-D convolution across channels, its kernel from log2 of them): (name, text)."""
         rng = self.rng
         name = self.name("gate")
+        if rng.random() < 0.3:
+            body = [
+                "k = max((log2(inplanes) + 1) // reduction // 2 * 2 + 1, 3)",
+                "       global_avg_pool",
+                f"{rng.choice(['conv', 'c', 'relu'])}: channel_conv k",
+                "       sigmoid",
+                "       multiply",
+            ]
+            return name, f"block {name}(reduction = 2) {{\n" + _lines(body) + "}\n"
         fc = rng.choice(["conv", "linear"])
         first, second = ("conv 1x1 {c}, bias", "conv 1x1 inplanes, bias") if fc == "conv" else (
             "linear {c}", "linear inplanes"
         )  # fmt: skip
         lets = []
         if rng.random() < 0.5:
-            lets = ["raw = inplanes // reduction", "rd = raw if raw >= 2 else 2"]
+            lets = ["raw = inplanes // reduction", rng.choice(["rd = raw if raw >= 2 else 2",
+                                                                "rd = max(raw, 2)", "rd = min(raw, 6)"])]  # fmt: skip
             channels = "rd"
         else:
             channels = "inplanes // reduction"
@@ -121,7 +134,8 @@ class Generator:
             bias = ", bias" if rng.random() < 0.15 else ""
             body.append(f"{label('c')}: conv {kernel} {w}{stride}{groups}{extra_dilation}{bias}")
             channels_even = True
-            body.append(f"{label('n')}: batchnorm")
+            norm = "groupnorm 2" if rng.random() < 0.15 else "batchnorm"
+            body.append(f"{label('n')}: {norm}")
             body.append(self._activation(used))
             roll = rng.random()
             if roll < 0.15:
@@ -226,8 +240,11 @@ class Generator:
             f"block    {first}{options}",
             f"shortcut {rng.choice(shortcuts)}",
         ]
-        if rng.random() < 0.3:
+        roll = rng.random()
+        if roll < 0.3:
             lines.append("batchnorm momentum 0.2, eps 0.001")
+        elif roll < 0.45:  # every batchnorm a GroupNorm (the widths are multiples of 4)
+            lines.append(f"norm     groupnorm {rng.choice([2, 4])}")
         if rng.random() < 0.2:
             lines.append("head     dropout 0.2")
         drop = all(f["drop_path"] for _, f in blocks) and rng.random() < 0.6
@@ -365,12 +382,16 @@ def verify(spec: Spec, directory, index: int, train: bool = True) -> Result:
 
 
 def _randomise(model, channels: int, height: int, width: int, seed: int) -> None:
-    """Random BN parameters and statistics (those of the network's own activations, perturbed)."""
+    """Random BN parameters and statistics (those of the network's own activations, perturbed),
+    and random GroupNorm parameters."""
     import torch
 
     generator = torch.Generator().manual_seed(seed + 1)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     with torch.no_grad():
+        for gn in (m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)):
+            gn.weight.copy_(torch.empty_like(gn.weight).uniform_(0.5, 1.5, generator=generator))
+            gn.bias.copy_(torch.empty_like(gn.bias).uniform_(-0.2, 0.2, generator=generator))
         momenta = [bn.momentum for bn in norms]
         for bn in norms:
             bn.weight.copy_(torch.empty_like(bn.weight).uniform_(0.5, 1.5, generator=generator))

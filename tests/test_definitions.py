@@ -327,3 +327,61 @@ network n {
     report = check(write(tmp_path, "odd.res", text))
     assert "depends on `stride == 2`, which differs between its blocks" in report.render()
     assert all(d.span is not None for d in report.diagnostics)
+
+
+# --- max and min ------------------------------------------------------------------------------
+
+MAX_MIN = """block se_rd(reduction = 16) {
+    squeeze: global_avg_pool
+    fc1:     conv 1x1 max(inplanes // reduction, 8), bias
+    relu
+    fc2:     conv 1x1 inplanes, bias
+    sigmoid
+    multiply
+}
+
+block b(planes, stride = 1) extends basic {
+    after bn2 {
+        se: se_rd, reduction (4 if planes > 16 else 16)
+    }
+}
+
+network n {
+    input    3x32x32
+    classes  10
+    stem     cifar
+    block    b
+    shortcut A
+    stage a: 1 x max(8, 16)
+    stage b: 1 x min(64, 32, 48), stride 2
+}
+"""
+
+
+def test_max_and_min_in_values(tmp_path):
+    """A block used as a layer whose width is `max(...)` of a value that differs between blocks
+    (timm's `make_divisible`-style floors): counted per block, printed as Python's max."""
+    module, analysis = torch_model(tmp_path, write(tmp_path, "mm.res", MAX_MIN), "mm")
+    model = module.build_model()
+    assert [s.out[0] for s in analysis.stages] == [16, 32]
+    assert model.layer1[0].se.fc1.out_channels == 8  # max(16 // 16, 8)
+    assert model.layer2[0].se.fc1.out_channels == 8  # max(32 // 4, 8)
+    assert sum(p.numel() for p in model.parameters()) == analysis.params
+    code = Path(module.__file__).read_text()
+    assert "max(inplanes // reduction, 8)" in code
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("floor(16, 8)", "unknown function `floor`"),
+        ("max(16)", "`max` needs two values or more"),
+    ],
+)
+def test_function_mistakes_are_located(tmp_path, value, message):
+    text = MAX_MIN.replace("max(8, 16)", value)
+    report = check(write(tmp_path, "bad.res", text))
+    rendered = report.render()
+    assert message in rendered and "Traceback" not in rendered, rendered
+    assert all(d.span is not None and d.span.line == 22 for d in report.diagnostics), rendered

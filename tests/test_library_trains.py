@@ -59,6 +59,7 @@ def stand_in(spec_path: str, directory: Path) -> ir.Spec:
             stage b: 1 x 16, stride 2
             {f"head     dropout {net.head.dropout}" if net.head.dropout else ""}
             {f"drop_path {net.drop_path}, rule {net.drop_path_rule}" if net.drop_path else ""}
+            {"norm groupnorm 4" if net.norm.kind == "groupnorm" else ""}
         }}
     """
     path = directory / "n.res"
@@ -80,7 +81,7 @@ def _key(spec: ir.Spec) -> tuple:
     train, net = spec.train, spec.network
     opt, loss = train.optimizer, train.loss
     return (
-        net.input[0], bool(net.drop_path), bool(net.head.dropout),
+        net.input[0], bool(net.drop_path), bool(net.head.dropout), net.norm.kind,
         any(s.block.args.get("dropout") for s in net.stages),
         train.data.kind, train.length.unit, train.val_split > 0, train.validate_every is not None,
         tuple((s.op, getattr(s, "mode", None), getattr(s, "source", None)) for s in train.preprocess),

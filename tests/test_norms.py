@@ -92,7 +92,9 @@ def test_a_gn_network_in_jax_gives_torchs_logits_and_keeps_no_statistics(tmp_pat
     images = torch.randn(3, 3, 24, 24, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         expected = model(images).numpy()
-    got = np.asarray(package.logits(variables, jax.numpy.asarray(images.numpy().transpose(0, 2, 3, 1))))
+    got = np.asarray(
+        package.logits(variables, jax.numpy.asarray(images.numpy().transpose(0, 2, 3, 1)))
+    )
     assert np.abs(got - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max())
     # training mode normalises as evaluation does: the same logits, nothing to update
     trained = package.build_model().apply(variables, jax.numpy.asarray(
@@ -124,7 +126,9 @@ network n {
 """
     module, analysis, out = torch_module(tmp_path, write(tmp_path, text), "gnblock")
     code = (out / "model.py").read_text()
-    assert "nn.GroupNorm(8, planes)" in code and "nn.GroupNorm(planes // 4, planes, eps=1e-06)" in code
+    assert (
+        "nn.GroupNorm(8, planes)" in code and "nn.GroupNorm(planes // 4, planes, eps=1e-06)" in code
+    )
     assert "isinstance(m, (nn.BatchNorm2d, nn.GroupNorm))" in code  # the stem's BN and the GNs
     model = module.build_model()
     assert sum(p.numel() for p in model.parameters()) == analysis.params
@@ -178,3 +182,44 @@ def test_a_groupnorm_layer_that_does_not_divide_its_channels_names_the_block(tmp
     rendered = check(write(tmp_path, text)).render()
     assert "GroupNorm's 3 groups do not divide its 16 channels" in rendered, rendered
     assert "Traceback" not in rendered
+
+
+# --- efficient channel attention ------------------------------------------------------------
+
+
+def test_ecaresnet50d_is_timms(tmp_path):
+    timm = pytest.importorskip("timm")
+    from tests.test_jax_model import randomise_batchnorm
+
+    module, analysis, out = torch_module(tmp_path, "specs/timm/ecaresnet50d.res", "eca50d")
+    assert analysis.params == 25_576_350  # timm 1.0.31's ecaresnet50d
+    torch.manual_seed(0)
+    reference = randomise_batchnorm(timm.create_model("ecaresnet50d", pretrained=False), 3, 64, 64)
+    model = module.build_model().eval()
+    model.load_state_dict(reference.state_dict(), strict=True)
+    # the kernel from the channels: 5 taps across 256, 512 and 1024 channels, 7 across 2048
+    assert [model.layer1[0].se.conv.kernel_size, model.layer3[0].se.conv.kernel_size,
+            model.layer4[0].se.conv.kernel_size] == [(5,), (5,), (7,)]  # fmt: skip
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, got = reference(x), model(x)
+    assert ((got - expected).abs().max() / expected.abs().max()).item() <= 1e-5
+
+
+@pytest.mark.parametrize(
+    ("layer", "message"),
+    [
+        ("c: channel_conv 3", "channel_conv runs across the channels of a pooled map, got 32x32"),
+        ("global_avg_pool\n    c: channel_conv 4", "channel_conv's kernel size must be odd"),
+        ("k = log2(0)\n    c: conv 3x3 k", "log2 needs a positive value"),
+    ],
+)
+def test_channel_conv_mistakes_are_located(tmp_path, layer, message):
+    text = f"""block g(planes, stride = 1) {{
+    {layer}
+}}
+""" + NET.format(extra="").replace("block    basic", "block    g").replace("    shortcut A\n", "")
+    report = check(write(tmp_path, text))
+    rendered = report.render()
+    assert message in rendered, rendered
+    assert "Traceback" not in rendered and all(d.span for d in report.diagnostics)

@@ -155,8 +155,9 @@ def module_doc(lowered: Lowered, spec: ir.Spec, analysis: Analysis, flax: bool =
         nhwc = ", ".join(map(str, (net.input[1], net.input[2], net.input[0])))
         lines.append(
             f"\nImages are NHWC float32 ([N, {nhwc}]); shapes above are channels x height x "
-            'width.\nVariables are {"params", "batch_stats"}; module names mirror the PyTorch '
-            "package's (weights.py)."
+            "width.\nVariables are "
+            + ('{"params", "batch_stats"}' if "batchnorm" in lowered.kinds else '{"params"}')
+            + "; module names mirror the PyTorch package's (weights.py)."
         )
     return '"""' + "\n".join(lines) + '\n"""'
 

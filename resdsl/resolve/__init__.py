@@ -491,6 +491,8 @@ def _uses(expr: s.Expr) -> set[str]:
         return _uses(expr.left) | _uses(expr.right)
     if isinstance(expr, s.Neg):
         return _uses(expr.operand)
+    if isinstance(expr, s.Call):
+        return set().union(*map(_uses, expr.args))
     return set()
 
 

@@ -50,6 +50,7 @@ class NetworkReader:
         shortcut = self._shortcut(single.get("shortcut"), block, stages)
         init = self._init(single.get("init"), block)
         batchnorm = self._batchnorm(single.get("batchnorm"))
+        norm = self._norm(single.get("norm"), single.get("batchnorm"))
         head = self._head(single.get("head"))
         drop_path, drop_path_rule = self._drop_path(single.get("drop_path"), block)
         built_stages = [self._stage(i, st, block, shortcut) for i, st in enumerate(stages)]
@@ -77,6 +78,7 @@ class NetworkReader:
                 stages=tuple(built_stages),
                 init=init,
                 batchnorm=batchnorm,
+                norm=norm,
                 head=head,
                 drop_path=drop_path,
                 drop_path_rule=drop_path_rule,
@@ -260,6 +262,47 @@ class NetworkReader:
             ),
         }
         return ir.BatchNorm(span=st.span, **read_options(st, readers, self.report))
+
+    def _norm(self, st: s.Statement | None, batchnorm: s.Statement | None) -> ir.Norm:
+        """`norm batchnorm` (the default) or `norm groupnorm G, eps E`: what the blocks',
+        stems' and head's `batchnorm` layers are, as torchvision's and timm's `norm_layer`."""
+        if st is None:
+            return ir.Norm()
+        kind = self.values.symbol(st.args[0], ("batchnorm", "groupnorm"), "norm", span=st.span)
+        if kind is None:
+            return ir.Norm()
+        value = st.args[1] if len(st.args) > 1 else None
+        if kind == "batchnorm":
+            if value is not None or st.options:
+                self.report.error(
+                    "`norm batchnorm` takes no value or options",
+                    st.span,
+                    "set BN's momentum and eps with `batchnorm momentum M, eps E`",
+                )
+            return ir.Norm(span=st.span)
+        if batchnorm is not None:
+            self.report.error(
+                "`batchnorm` sets BN's momentum and eps, but this network's norm is groupnorm",
+                batchnorm.span,
+                "remove the `batchnorm` line (GroupNorm's eps is `norm groupnorm G, eps E`)",
+            )
+        if value is None:
+            self.report.error(
+                "`norm groupnorm` needs its number of groups",
+                st.span,
+                "write `norm groupnorm 32` (timm's and the GroupNorm paper's default)",
+            )
+            return ir.Norm()
+        groups = self.values.whole(value, "the number of groups", span=st.span)
+        readers = {
+            "eps": lambda o: self.values.number(
+                o.value, "GroupNorm epsilon", span=o.span, low=0, low_open=True
+            )
+        }
+        options = read_options(st, readers, self.report)
+        if groups is None:
+            return ir.Norm()
+        return ir.Norm(kind="groupnorm", groups=groups, span=st.span, **options)
 
     def _head(self, st: s.Statement | None) -> ir.Head:
         if st is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -40,6 +41,17 @@ class Values:
         if isinstance(expr, s.Neg):
             value = self.evaluate(expr.operand)
             return None if value is None else -value
+        if isinstance(expr, s.Call) and expr.name in s.FUNCTIONS:
+            values = [self.evaluate(arg) for arg in expr.args]
+            if any(v is None for v in values):
+                return None
+            if expr.name == "log2":
+                if values[0] <= 0:
+                    self.report.error(f"log2 needs a positive value, got {show(values[0])}",
+                                      expr.span)  # fmt: skip
+                    return None
+                return math.log2(values[0])
+            return {"max": max, "min": min}[expr.name](values)
         if not isinstance(expr, s.BinOp) or expr.op not in ("+", "-", "*", "/", "//"):
             self.report.error(
                 "conditions and choices are written only inside block, stem and shortcut "

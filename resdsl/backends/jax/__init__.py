@@ -35,6 +35,9 @@ def model_context(spec: ir.Spec, analysis: Analysis) -> dict:
     return context | {
         "bn_momentum": flax_momentum(net.batchnorm.momentum),
         "bn_eps": net.batchnorm.eps,
+        # BN's running statistics: a GroupNorm network has no collection but its params
+        "batch_stats": "batchnorm" in analysis.lowered.kinds,
+        "channel_conv": "channel_conv" in analysis.lowered.kinds,  # a 1-D kernel to convert
         "input_nhwc": (net.input[1], net.input[2], net.input[0]),
     }
 

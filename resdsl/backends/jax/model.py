@@ -11,7 +11,7 @@ from ...forms import BlockClass, CallNode, GroupNode, LayerNode, LetNode, WhenNo
 from ...layers import KINDS
 from ...lower import Lowered
 from ...quoting import code_text
-from ...symbolic import literal, symbolic, text
+from ...symbolic import apply, literal, symbolic, text
 from ..common import annotation, class_doc, module_doc, speller, stage_extras, stem_description
 
 
@@ -55,6 +55,25 @@ def _norm(p: JaxModel, a: dict, v: str, name: str, ctx: dict) -> str:
     return f'{ctx["norm"]}({zero}name="{name}")({v})'
 
 
+def _group_norm(p: JaxModel, a: dict, v: str, name: str, ctx: dict) -> str:
+    # epsilon always: Flax's default is 1e-6, PyTorch's 1e-5
+    zero = "scale_init=nn.initializers.zeros_init(), " if ctx["zero"] else ""
+    spell = ctx["spell"]
+    return (f"nn.GroupNorm(num_groups={text(a['groups'], spell)}, epsilon={text(a['eps'], spell)}, "
+            f'{zero}name="{name}")({v})')  # fmt: skip
+
+
+def _channel_conv(p: JaxModel, a: dict, v: str, name: str, ctx: dict) -> str:
+    # the channels as a sequence of one feature, [N, 1, 1, C] -> [N, C, 1]; PyTorch's default
+    # Conv1d init (timm leaves it), U(-1/sqrt(size), 1/sqrt(size))
+    spell = ctx["spell"]
+    size = text(a["size"], spell)
+    padding = text(apply("//", apply("-", a["size"], 1), 2), spell)
+    return (f"nn.Conv(1, ({size},), padding=(({padding}, {padding}),), use_bias=False, "
+            f'kernel_init=uniform({size} ** -0.5), name="{name}")'
+            f"({v}.reshape({v}.shape[0], -1, 1)).reshape({v}.shape[0], 1, 1, -1)")  # fmt: skip
+
+
 def _linear(p: JaxModel, a: dict, v: str, name: str, ctx: dict) -> str:
     channels = text(a["channels"], ctx["spell"])
     return (f"nn.Dense({channels}, kernel_init=uniform({v}.shape[-1] ** -0.5), "
@@ -94,7 +113,9 @@ def _pad_channels(p: JaxModel, a: dict, v: str, name: str, ctx: dict) -> str:
 CALLS = {
     "conv": _conv,
     "linear": _linear,
+    "channel_conv": _channel_conv,
     "batchnorm": _norm,
+    "groupnorm": _group_norm,
     "relu": lambda p, a, v, name, ctx: f"nn.relu({v})",
     "gelu": lambda p, a, v, name, ctx: f"nn.gelu({v}, approximate=False)",
     "silu": lambda p, a, v, name, ctx: f"nn.silu({v})",
@@ -158,7 +179,7 @@ class _Body:
             return
         if node.kind == "conv" and self.started and self.lines:
             self.lines.append("")
-        zero = node.kind == "batchnorm" and node.args["zero_init"] is True and (
+        zero = node.kind in ("batchnorm", "groupnorm") and node.args["zero_init"] is True and (
             self.printer.zero_init
         )  # fmt: skip
         ctx = dict(self.ctx, zero=zero)
@@ -175,6 +196,7 @@ class _Body:
 class JaxModel:
     def __init__(self, lowered: Lowered, zero_init: bool):
         self.lowered, self.zero_init = lowered, zero_init
+        self.batchnorm = "batchnorm" in lowered.kinds
         self.used: set[str] = set()  # the helpers the printed code calls
         self.conv3x3_groups = self.conv3x3_dilation = False
         self.kinds = sorted({st.shortcut for st in lowered.network.stages if st.shortcut != "none"})
@@ -184,8 +206,9 @@ class JaxModel:
         return self._holds(cls, lambda node: KINDS[node.kind].random, self.uses_train)
 
     def needs_norm(self, cls: BlockClass) -> bool:
-        """A class of stages, or one with a BN (or whose blocks used as layers have one)."""
-        return cls.role == "stage" or self._holds(
+        """A class of stages (of a network with BN), or one with a BN (or whose blocks used as
+        layers have one): it is given the network's `norm`."""
+        return (cls.role == "stage" and self.batchnorm) or self._holds(
             cls, lambda node: node.kind == "batchnorm", self.needs_norm)  # fmt: skip
 
     def _holds(self, cls: BlockClass, test, again) -> bool:
@@ -384,16 +407,16 @@ def render_model(lowered: Lowered, spec, analysis: Analysis, header: str) -> str
     fan = ("in_channels / groups" if grouped else "in_channels") if mode == "fan_in" else (
         "out_channels"
     )  # fmt: skip
-    prelude = f'''from collections.abc import Callable
-from functools import partial
-from typing import Any
+    partial = "from functools import partial\n" if printer.batchnorm else ""
+    module_def = "\nModuleDef = Any\n" if "ModuleDef" in body else ""
+    math = "import math\n" if "math." in body else ""
+    prelude = f'''{math}from collections.abc import Callable
+{partial}from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
-
-ModuleDef = Any
-
+{module_def}
 # He et al.'s init: untruncated normal, std sqrt(2 / fan), as PyTorch's
 # kaiming_normal_(mode="{mode}"); fan = kh * kw * {fan}.
 kaiming_normal = nn.initializers.variance_scaling(2.0, "{mode}", "normal")
@@ -423,13 +446,14 @@ def uniform(bound: float) -> Callable[..., jax.Array]:
                 code = code.replace("with padding dilation,", "with padding `dilation`,")
         helpers.append(code)
     input_nhwc = (net.input[1], net.input[2], net.input[0])
+    collections = '{"params", "batch_stats"}' if printer.batchnorm else '{"params"}'
     tail = f'''def build_model(num_classes: int = {net.classes}) -> ResNet:
     """The network of {code_text(spec.path)}; `num_classes` sets its classifier's outputs."""
     return ResNet(num_classes=num_classes)
 
 
 def init_variables(seed: int = 0, num_classes: int = {net.classes}) -> dict[str, Any]:
-    """{{"params", "batch_stats"}} of a newly initialised network, from `jax.random.key(seed)`."""
+    """{collections} of a newly initialised network, from `jax.random.key(seed)`."""
     images = jnp.zeros((1, {", ".join(map(str, input_nhwc))}), jnp.float32)
     return build_model(num_classes).init(jax.random.key(seed), images)
 
@@ -460,11 +484,14 @@ def _resnet(printer: JaxModel, net) -> str:
         "    @nn.compact",
         "    def __call__(self, x: jax.Array, train: bool = False, features_only: bool = False) -> jax.Array:",
         '        """Logits; with `features_only`, the last feature map before the pool."""',
-        f"        # PyTorch's BatchNorm2d(momentum={bn.momentum!r}, eps={bn.eps!r}); Flax's momentum is 1 - PyTorch's",
-        f"        norm = partial(nn.BatchNorm, use_running_average=not train, momentum={momentum!r}, epsilon={bn.eps!r})",
-        "",
-        f"        # stem: {stem_description(lowered)}",
     ]  # fmt: skip
+    if printer.batchnorm:
+        lines += [
+            f"        # PyTorch's BatchNorm2d(momentum={bn.momentum!r}, eps={bn.eps!r}); Flax's momentum is 1 - PyTorch's",
+            f"        norm = partial(nn.BatchNorm, use_running_average=not train, momentum={momentum!r}, epsilon={bn.eps!r})",
+            "",
+        ]  # fmt: skip
+    lines.append(f"        # stem: {stem_description(lowered)}")
     lines += [f"        {line}" for line in printer.stem() if line not in ("AddNode", "BranchNode")]
     total = sum(st.blocks for st in net.stages)
     if net.drop_path:
@@ -478,7 +505,7 @@ def _resnet(printer: JaxModel, net) -> str:
         st, cls = stage.ir, stage.cls
         out = "x".join(map(str, stage.out))
         lines += ["", f"        # {stage.attr} ({st.name}): {out}"]
-        head = [str(st.width), "norm"]
+        head = [str(st.width), *(["norm"] if printer.needs_norm(cls) else [])]
         common = []
         if cls.residual and len(printer.kinds) > 1:
             common.append(f'shortcut="{st.shortcut}"')
@@ -512,12 +539,12 @@ def _resnet(printer: JaxModel, net) -> str:
             )
         first += st.blocks
         dilation = st.dilation
-    pre = [n for n in lowered.head_form if n.kind in ("batchnorm", "relu")]
+    pre = [n for n in lowered.head_form if n.kind in ("batchnorm", "groupnorm", "relu")]
     if pre:
         lines.append("")
+        ctx = {"norm": "norm", "train": "train", "input": "x", "spell": str, "zero": False}
         for node in pre:
-            lines.append(f'        x = norm(name="{node.attr}")(x)' if node.kind == "batchnorm"
-                         else "        x = nn.relu(x)")  # fmt: skip
+            lines.append(f"        x = {printer._layer(node, 'x', node.attr, ctx)}")
     lines += ["", "        if features_only:", "            return x", ""]
     for node in lowered.head_form:
         if node.kind == "global_avg_pool":

@@ -20,7 +20,7 @@ from ...forms import (
 from ...lower import Add, Lowered
 from ...names import Namespace
 from ...quoting import code_text
-from ...symbolic import Named, Var, literal, negated, symbolic, text
+from ...symbolic import Named, Var, apply, literal, negated, symbolic, text
 from ..common import (
     annotation,
     class_doc,
@@ -77,6 +77,17 @@ def _norm(p: TorchModel, a: dict, spell) -> str:
     return f"nn.BatchNorm2d({text(a['in'], spell)})"
 
 
+def _group_norm(p: TorchModel, a: dict, spell) -> str:
+    eps = "" if a["eps"] == 1e-5 else f", eps={text(a['eps'], spell)}"
+    return f"nn.GroupNorm({text(a['groups'], spell)}, {text(a['in'], spell)}{eps})"
+
+
+def _channel_conv(p: TorchModel, a: dict, spell) -> str:
+    size = a["size"]
+    padding = text(apply("//", apply("-", size, 1), 2), spell)
+    return f"nn.Conv1d(1, 1, kernel_size={text(size, spell)}, padding={padding}, bias=False)"
+
+
 def _activation(module: str, inplace: bool):
     def build(p: TorchModel, a: dict, spell) -> str:
         return f"nn.{module}(inplace=True)" if inplace else f"nn.{module}()"
@@ -105,7 +116,9 @@ MODULES = {
     "linear": lambda p, a, spell: (
         f"nn.Linear({text(a['in'], spell)}, {text(a['channels'], spell)})"
     ),
+    "channel_conv": _channel_conv,
     "batchnorm": _norm,
+    "groupnorm": _group_norm,
     "relu": _activation("ReLU", True),
     "gelu": _activation("GELU", False),
     "silu": _activation("SiLU", True),
@@ -129,8 +142,13 @@ FORWARD = {
     "global_avg_pool": lambda v, x, attr: f"{v}.mean((2, 3), keepdim=True)",
     "multiply": lambda v, x, attr: f"{x} * {v}",
     "linear": lambda v, x, attr: f"self.{attr}({v}.movedim(1, -1)).movedim(-1, 1)",
+    # the channels as a sequence of one feature: [N, C, 1, 1] -> [N, 1, C] -> [N, C, 1, 1]
+    "channel_conv": lambda v, x, attr: (
+        f"self.{attr}({v}.view({v}.shape[0], 1, -1)).view({v}.shape[0], -1, 1, 1)"
+    ),
 }
 FORWARD_ONLY = ("global_avg_pool", "multiply")  # no module
+NORMS = ("batchnorm", "groupnorm")  # a scale (gamma) and a shift (beta) per channel
 
 
 class _Body:
@@ -182,7 +200,7 @@ class _Body:
         return MODULES[node.kind](self.printer, dict(node.args, **{"in": node.inp}), self.spell)
 
     def layer(self, node: LayerNode) -> None:
-        if node.kind == "batchnorm" and node.args["zero_init"] is True:
+        if node.kind in NORMS and node.args["zero_init"] is True:
             self.zero_init.append(node.attr)
         if node.kind not in FORWARD_ONLY:
             if node.kind == "conv" and self.started and self.forward:
@@ -487,10 +505,15 @@ def _resnet(printer: TorchModel, net) -> str:
         "    for m in self.modules():",
         "        if isinstance(m, nn.Conv2d):",
         f'            nn.init.kaiming_normal_(m.weight, mode="{net.init.mode}", nonlinearity="relu")',
-        "        elif isinstance(m, nn.BatchNorm2d):",
-        "            nn.init.ones_(m.weight)",
-        "            nn.init.zeros_(m.bias)",
     ]
+    norms = [module for kind, module in (("batchnorm", "nn.BatchNorm2d"), ("groupnorm", "nn.GroupNorm"))
+             if kind in printer.lowered.kinds]  # fmt: skip
+    if norms:
+        init += [
+            f"        elif isinstance(m, {norms[0] if len(norms) == 1 else '(' + ', '.join(norms) + ')'}):",
+            "            nn.init.ones_(m.weight)",
+            "            nn.init.zeros_(m.bias)",
+        ]
     zero = [c for c in stage_classes if printer.zero_init.get(c.name) and c.residual]
     if net.init.zero_init_residual and zero:
         init += ["", "    # Zero-initialise the last BN of each residual branch: every block starts "
@@ -525,7 +548,7 @@ def _resnet(printer: TorchModel, net) -> str:
         "def forward(self, x: torch.Tensor) -> torch.Tensor:",
         "    x = self.forward_features(x)",
     ]
-    pre = [node for node in lowered.head_form if node.kind in ("batchnorm", "relu")]
+    pre = [node for node in lowered.head_form if node.kind in (*NORMS, "relu")]
     if pre:
         forward_features.append("")
         forward_features += [f"    x = self.{node.attr}(x)" for node in pre]
@@ -643,7 +666,8 @@ def render_model(lowered: Lowered, spec, analysis: Analysis, header: str, custom
     resnet = _resnet(printer, net)
     body = "\n\n\n".join(classes + [resnet])
     helpers = _helpers(printer, net)
-    imports = ["import torch"]
+    imports = ["import math", ""] if "math." in body else []
+    imports.append("import torch")
     if "ZeroPadShortcut" in printer.used:
         imports.append("import torch.nn.functional as F")
     imports.append("from torch import nn")
