@@ -24,8 +24,9 @@ data:
 	else echo "Fashion-MNIST is missing: run  sudo apt-get install dataset-fashion-mnist"; exit 1; fi
 
 # The suite but its long end-to-end runs (within 6 minutes on 2 quiet cores), then those runs
-# (the trainer of every library spec in both backends, real-data runs, several processes, the
-# fuzzer): their constructs are covered by `make test` too, more cheaply. .ci/run runs both.
+# (the trainer of every library spec in both backends, real-data runs, several processes, kills
+# and resumes, the fuzzer): their constructs are covered by `make test` too, more cheaply.
+# .ci/run runs both.
 test: setup data
 	$(PY) -m pytest -q -n 2 --dist worksteal -m "not long"
 

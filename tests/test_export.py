@@ -309,6 +309,7 @@ def test_init_from_with_reinit_head_and_mismatches(torch_run, tmp_path):
     assert "is not a file written by torch.save" in line
 
 
+@pytest.mark.long
 def test_jax_init_from_reads_the_same_file_through_from_torch(tmp_path):
     pytest.importorskip("jax")
     pytest.importorskip("flax")

@@ -437,6 +437,7 @@ def test_a_restored_state_continues_the_folder_order(folder, tree):
         )
 
 
+@pytest.mark.long
 def test_loader_processes_give_the_batches_of_one_process(folder, tree):
     # "forkserver" loaders import the package: in a fresh process with the package on its path
     script = f"""
@@ -589,6 +590,7 @@ def test_two_devices_and_two_processes_train_as_one(run_jax, synthetic, tmp_path
         data.check_batch(15, 2, "devices", 10_000)
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_kill_and_resume_ends_with_the_same_weights_bitwise(run_jax, synthetic, tmp_path):
     common = [

@@ -418,6 +418,7 @@ def test_a_short_run_on_real_fashion_mnist_is_far_above_chance(fashion, tmp_path
     )
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_kill_and_resume_ends_with_the_same_weights(fashion, tmp_path):
     common = ["--iterations", "30", "--batch-size", "16", "--checkpoint-every", "5",
@@ -445,6 +446,7 @@ def test_kill_and_resume_ends_with_the_same_weights(fashion, tmp_path):
     assert logged(tmp_path / "a") == logged(run)
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_two_process_ddp_on_the_cpu(fashion, tmp_path):
     run = tmp_path / "ddp"
