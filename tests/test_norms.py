@@ -10,6 +10,7 @@ import pytest
 
 from resdsl.compile import compile_spec
 from resdsl.frontend import check, load_spec
+from tests.test_definitions import torch_model
 
 torch = pytest.importorskip("torch")
 
@@ -21,13 +22,9 @@ def write(tmp_path: Path, text: str, name: str = "n.res") -> Path:
 
 
 def torch_module(tmp_path: Path, spec_path, name: str):
-    spec, analysis = load_spec(spec_path)
-    out = tmp_path / f"{name}_torch"
-    compile_spec(spec.model_copy(update={"train": None}), analysis, backend="torch", output=out)
-    module_spec = importlib.util.spec_from_file_location(f"norms_{name}", out / "model.py")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module, analysis, out
+    """The spec's PyTorch model.py as a module, its analysis, and the package's directory."""
+    module, analysis = torch_model(tmp_path, spec_path, name)
+    return module, analysis, Path(module.__file__).parent
 
 
 def randomise_affine(model, seed: int = 0):
