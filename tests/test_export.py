@@ -93,7 +93,7 @@ def trained_torch_model(package: Path, checkpoint: Path):
     return model.eval()
 
 
-@pytest.mark.parametrize("preprocess", [True, False])
+@pytest.mark.parametrize("preprocess", [True, pytest.param(False, marks=pytest.mark.long)])
 def test_onnx_export_matches_pytorch_at_two_batch_sizes(torch_run, preprocess):
     """By default the graph holds the spec's preprocessing (the training mean image of the
     checkpoint subtracted): it takes images in [0, 1]; with --no-preprocess, the network alone."""

@@ -669,6 +669,7 @@ def test_help_lists_the_flags(run_jax, synthetic):
     assert "--workers" not in result.stdout
 
 
+@pytest.mark.long
 def test_bad_checkpoints_are_refused_by_name_and_left_in_place(synthetic, tmp_path):
     from flax import serialization
 
