@@ -422,6 +422,27 @@ class _Run:
         nodes.append(node)
         state.channels = out
 
+    def kernel_option(self, option: s.Option, st: s.Layer, state: _State):
+        """`kernel K` of a layer written without `KxK`: a square kernel (K, K) of a value."""
+        if st.kernel is not None:
+            written = "x".join(map(str, st.kernel.values))
+            self.error("the kernel size is given twice", f"remove `, kernel` or `{written}`",
+                       span=option.span)  # fmt: skip
+            return None
+        if option.value is None:
+            self.error("`kernel` needs a value", span=option.span)
+            return None
+        value = self.value(option.value, state)
+        if value is None:
+            return None
+        if isinstance(value, tuple):
+            return value
+        if type_of(value) not in ("int", "float", "any"):
+            self.error("`kernel` takes a whole number, a square kernel's size",
+                       "write another shape as `conv KxL CHANNELS`", span=option.span)  # fmt: skip
+            return None
+        return (value, value)
+
     def normalisation(self, kind, args: dict):
         """A `batchnorm` is the network's norm: `norm groupnorm G` makes it a groupnorm."""
         norm = self.interpreter.norm
@@ -568,23 +589,32 @@ class _Run:
                 self.error(f"`{kind.name}` takes no kernel size", at=st)
                 return None
             raw["kernel"] = st.kernel.values
+        # `conv CHANNELS, kernel K`: a square kernel from a value (`conv KxK CHANNELS` otherwise)
+        kernel_option = kind.kernel and any(o.name.text == "kernel" for o in st.options)
         if st.arg is not None:
             value = self.value(st.arg, state)
             if value is None:
                 return None
-            if kind.kernel and "kernel" not in raw:
+            if kind.kernel and "kernel" not in raw and not kernel_option:
                 raw["kernel"] = value if isinstance(value, tuple) else (value, value)
             elif kind.positional is not None:
                 raw[kind.positional] = value
             else:
                 self.error(f"`{kind.name}` takes no value", at=st)
                 return None
-        if kind.kernel and "kernel" not in raw:
+        if kind.kernel and "kernel" not in raw and not kernel_option:
             self.error(f"`{kind.name}` needs a kernel size, e.g. `{kind.name} 3x3`", at=st)
             return None
         failed = False
         for option in st.options:
             name = option.name.text
+            if name == "kernel" and kind.kernel:
+                kernel = self.kernel_option(option, st, state)
+                if kernel is None:
+                    failed = True
+                else:
+                    raw["kernel"] = kernel
+                continue
             spec = kind.options.get(name)
             if spec is None or name == kind.positional:
                 allowed = [n for n in kind.options if n != kind.positional]

@@ -377,9 +377,9 @@ KINDS: dict[str, Kind] = {
 def complete(kind: Kind, args: dict) -> dict:
     """`args` with every default filled in (the ones that depend on others computed); works on
     symbolic values as on constants."""
-    full = {name: args.get(name, option.default) for name, option in kind.options.items()}
+    full = {"kernel": args["kernel"]} if kind.kernel else {}  # checked first: padding is of it
+    full |= {name: args.get(name, option.default) for name, option in kind.options.items()}
     if kind.kernel:
-        full["kernel"] = args["kernel"]
         kh = full["kernel"][0]
         if "stride" in full and full["stride"] is None:
             full["stride"] = kh

@@ -2,14 +2,14 @@
 differential tests of the compiler (tests/test_differential.py runs a few hundred definitions,
 bench/differential.py thousands).
 
-Each spec defines blocks (grouped and dilated convolutions, lets computed through floats,
-choices, max, min and log2, numbered groups, dropout, drop path, GroupNorm layers, gates that are
-blocks used as layers (squeeze-and-excitation, or efficient channel attention's convolution
-across channels), branch points, layers named as the generated code names its own), maybe a stem
-and a shortcut, and a network whose stages use them with the prelude's shortcuts (and BN or
-GroupNorm as its norm). For each, `check` passes or gives located errors; when it passes, the
-PyTorch and JAX packages build, count what `summary` counts, and give the same logits from the
-same weights.
+Each spec defines blocks (grouped and dilated convolutions, kernel sizes as values, lets computed
+through floats, choices, max, min and log2, numbered groups, dropout, drop path, GroupNorm
+layers, gates that are blocks used as layers (squeeze-and-excitation, or efficient channel
+attention's convolution across channels), branch points, layers named as the generated code
+names its own), maybe a stem and a shortcut, and a network whose stages use them with the
+prelude's shortcuts (and BN or GroupNorm as its norm). For each, `check` passes or gives located
+errors; when it passes, the PyTorch and JAX packages build, count what `summary` counts, and
+give the same logits from the same weights.
 """
 
 from __future__ import annotations
@@ -132,7 +132,13 @@ class Generator:
             groups = ", groups 2" if channels_even and rng.random() < 0.4 else ""
             extra_dilation = dilation if kernel != "1x1" else ""
             bias = ", bias" if rng.random() < 0.15 else ""
-            body.append(f"{label('c')}: conv {kernel} {w}{stride}{groups}{extra_dilation}{bias}")
+            if kernel == "3x3" and rng.random() < 0.25:  # the kernel size as a value
+                body.append(f"{label('c')}: conv {w}, kernel {rng.choice(['3', '1 + 2'])}{stride}"
+                            f"{groups}{extra_dilation}{bias}")  # fmt: skip
+            else:
+                body.append(
+                    f"{label('c')}: conv {kernel} {w}{stride}{groups}{extra_dilation}{bias}"
+                )
             channels_even = True
             norm = "groupnorm 2" if rng.random() < 0.15 else "batchnorm"
             body.append(f"{label('n')}: {norm}")

@@ -385,3 +385,76 @@ def test_function_mistakes_are_located(tmp_path, value, message):
     rendered = report.render()
     assert message in rendered and "Traceback" not in rendered, rendered
     assert all(d.span is not None and d.span.line == 22 for d in report.diagnostics), rendered
+
+
+# --- a kernel size from a value ---------------------------------------------------------------
+
+KERNEL = """block kb(planes, stride = 1, k = 3) {
+    c1: conv planes, kernel k, stride stride
+    n1: batchnorm
+        relu
+    c2: conv planes, kernel k + 2
+    n2: batchnorm
+        add shortcut
+        relu
+}
+
+network n {
+    input    3x20x20
+    classes  4
+    stem     cifar
+    block    kb
+    shortcut B
+    stage a: 1 x 16, k 5
+    stage b: 1 x 32, stride 2
+}
+"""
+
+
+def test_a_kernel_size_from_a_value_in_both_backends(tmp_path):
+    """`conv CHANNELS, kernel K`: the kernel a block parameter, per stage; padding keeps the size."""
+    jax = pytest.importorskip("jax")
+    import numpy as np
+
+    from tests.test_jax_model import load_package, randomise_batchnorm
+
+    path = write(tmp_path, "k.res", KERNEL)
+    module, analysis = torch_model(tmp_path, path, "kernel")
+    model = randomise_batchnorm(module.build_model(), 3, 20, 20)
+    assert (model.layer1[0].c1.kernel_size, model.layer1[0].c2.kernel_size) == ((5, 5), (7, 7))
+    assert (model.layer2[0].c1.kernel_size, model.layer2[0].c2.kernel_size) == ((3, 3), (5, 5))
+    assert sum(p.numel() for p in model.parameters()) == analysis.params
+    assert "kernel_size=k, stride=stride, padding=(k - 1) // 2" in Path(module.__file__).read_text()
+    spec, _ = load_spec(path)
+    compile_spec(spec.model_copy(update={"train": None}), analysis, backend="jax",
+                 output=tmp_path / "kj")  # fmt: skip
+    package = load_package(tmp_path / "kj", "definitions_kernel_jax")
+    variables = package.from_torch({k: v.numpy() for k, v in model.state_dict().items()})
+    images = torch.randn(2, 3, 20, 20, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = model(images).numpy()
+    got = np.asarray(
+        package.logits(variables, jax.numpy.asarray(images.numpy().transpose(0, 2, 3, 1)))
+    )
+    assert np.abs(got - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max())
+
+
+@pytest.mark.parametrize(
+    ("layer", "message"),
+    [
+        ("c1: conv 3x3 planes, kernel k, stride stride", "the kernel size is given twice"),
+        ("c1: conv planes, kernel, stride stride", "`kernel` needs a value"),
+        ("c1: conv planes, kernel (5 if k > 3 else 1), stride stride", None),
+        ("c1: conv planes, stride stride", "`conv` needs channels"),  # planes is the kernel
+        ("c1: conv planes, kernel k - 5, stride stride", "conv's kernel must be a positive size"),
+    ],
+)  # fmt: skip
+def test_kernel_option_mistakes_are_located(tmp_path, layer, message):
+    text = KERNEL.replace("c1: conv planes, kernel k, stride stride", layer)
+    report = check(write(tmp_path, "bad.res", text))
+    rendered = report.render()
+    if message is None:  # a kernel size chosen per block
+        assert not report.diagnostics, rendered
+        return
+    assert message in rendered and "Traceback" not in rendered, rendered
+    assert all(d.span is not None for d in report.diagnostics), rendered
