@@ -413,10 +413,13 @@ network n {
 
 def test_a_kernel_size_from_a_value_in_both_backends(tmp_path):
     """`conv CHANNELS, kernel K`: the kernel a block parameter, per stage; padding keeps the size."""
-    jax = pytest.importorskip("jax")
-    import numpy as np
-
-    from tests.test_jax_model import load_package, randomise_batchnorm
+    pytest.importorskip("jax")
+    from tests.test_jax_model import (
+        TOLERANCE,
+        load_package,
+        max_logit_difference,
+        randomise_batchnorm,
+    )
 
     path = write(tmp_path, "k.res", KERNEL)
     module, analysis = torch_model(tmp_path, path, "kernel")
@@ -429,14 +432,8 @@ def test_a_kernel_size_from_a_value_in_both_backends(tmp_path):
     compile_spec(spec.model_copy(update={"train": None}), analysis, backend="jax",
                  output=tmp_path / "kj")  # fmt: skip
     package = load_package(tmp_path / "kj", "definitions_kernel_jax")
-    variables = package.from_torch({k: v.numpy() for k, v in model.state_dict().items()})
     images = torch.randn(2, 3, 20, 20, generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        expected = model(images).numpy()
-    got = np.asarray(
-        package.logits(variables, jax.numpy.asarray(images.numpy().transpose(0, 2, 3, 1)))
-    )
-    assert np.abs(got - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max())
+    assert max_logit_difference(package, model, images) <= TOLERANCE
 
 
 @pytest.mark.parametrize(
