@@ -88,6 +88,14 @@ class Interpreter:
         self.generic_forms = definitions.generic_forms if self.norm is None else {}
         self.stack: list[str] = []
 
+    def normalised(self, kind, args: dict):
+        """A `batchnorm` is the network's norm: `norm groupnorm G` makes it a groupnorm."""
+        if kind.name != "batchnorm" or self.norm is None:
+            return kind, args
+        kind = KINDS["groupnorm"]
+        given = {"groups": self.norm.groups, "eps": self.norm.eps, "zero_init": args["zero_init"]}
+        return kind, complete(kind, given)
+
     # --- entry points ----------------------------------------------------------------------------
     def generic(self, name: str) -> Form | None:
         """Block `name` with every parameter symbolic, interpreted once; its mistakes are reported
@@ -404,7 +412,7 @@ class _Run:
         args = self.arguments(st, kind, state)
         if args is None or vanishes(kind, args):
             return
-        kind, args = self.normalisation(kind, args)
+        kind, args = self.interpreter.normalised(kind, args)
         if kind.weighted and st.label is None:
             self.error(
                 f"this {name} has weights, so it needs a name",
@@ -442,15 +450,6 @@ class _Run:
                        "write another shape as `conv KxL CHANNELS`", span=option.span)  # fmt: skip
             return None
         return (value, value)
-
-    def normalisation(self, kind, args: dict):
-        """A `batchnorm` is the network's norm: `norm groupnorm G` makes it a groupnorm."""
-        norm = self.interpreter.norm
-        if kind.name != "batchnorm" or norm is None:
-            return kind, args
-        kind = KINDS["groupnorm"]
-        given = {"groups": norm.groups, "eps": norm.eps, "zero_init": args["zero_init"]}
-        return kind, complete(kind, given)
 
     def channels(self, kind, args: dict, state: _State, st: s.Layer):
         if kind.gate:
@@ -509,7 +508,7 @@ class _Run:
         args = self.arguments(st, kind, state)
         if args is None or vanishes(kind, args):
             return
-        kind, args = self.normalisation(kind, args)
+        kind, args = self.interpreter.normalised(kind, args)
         out = self.channels(kind, args, state, st)
         if out is not None:
             nodes.append(LayerNode("", kind.name, args, state.channels, out, False, st))

@@ -583,10 +583,8 @@ class Lowering:
         taken = {n.attr for n in stem_form.nodes if isinstance(n, LayerNode | GroupNode)}
         nodes = []
         if self.preact:
-            norm = net.norm
-            nodes.append(("bn_final", "batchnorm", {"zero_init": False}, features)
-                         if norm.kind == "batchnorm" else ("bn_final", "groupnorm", {
-                             "groups": norm.groups, "eps": norm.eps, "zero_init": False}, features))  # fmt: skip
+            norm, args = self.interpreter.normalised(KINDS["batchnorm"], {"zero_init": False})
+            nodes.append(("bn_final", norm.name, args, features))
             nodes.append((stem_relu or Namespace(taken).take("relu"), "relu", {}, features))
         nodes.append(("avgpool", "global_avg_pool", {}, features))
         if net.head.dropout:

@@ -6,6 +6,8 @@ the forms of `lower.py` and decides nothing about the network."""
 
 from __future__ import annotations
 
+from itertools import takewhile
+
 from ...analysis import Analysis
 from ...forms import BlockClass, CallNode, GroupNode, LayerNode, LetNode, WhenNode, guard, walk
 from ...layers import KINDS
@@ -179,9 +181,7 @@ class _Body:
             return
         if node.kind == "conv" and self.started and self.lines:
             self.lines.append("")
-        zero = node.kind in ("batchnorm", "groupnorm") and node.args["zero_init"] is True and (
-            self.printer.zero_init
-        )  # fmt: skip
+        zero = node.args.get("zero_init") is True and self.printer.zero_init
         ctx = dict(self.ctx, zero=zero)
         self._apply(CALLS[node.kind](self.printer, node.args, self._source(), name, ctx))
 
@@ -539,7 +539,7 @@ def _resnet(printer: JaxModel, net) -> str:
             )
         first += st.blocks
         dilation = st.dilation
-    pre = [n for n in lowered.head_form if n.kind in ("batchnorm", "groupnorm", "relu")]
+    pre = list(takewhile(lambda node: node.kind != "global_avg_pool", lowered.head_form))
     if pre:
         lines.append("")
         ctx = {"norm": "norm", "train": "train", "input": "x", "spell": str, "zero": False}

@@ -5,6 +5,8 @@ decides nothing about the network."""
 
 from __future__ import annotations
 
+from itertools import takewhile
+
 from ...analysis import Analysis
 from ...forms import (
     BlockClass,
@@ -148,7 +150,6 @@ FORWARD = {
     ),
 }
 FORWARD_ONLY = ("global_avg_pool", "multiply")  # no module
-NORMS = ("batchnorm", "groupnorm")  # a scale (gamma) and a shift (beta) per channel
 
 
 class _Body:
@@ -200,7 +201,7 @@ class _Body:
         return MODULES[node.kind](self.printer, dict(node.args, **{"in": node.inp}), self.spell)
 
     def layer(self, node: LayerNode) -> None:
-        if node.kind in NORMS and node.args["zero_init"] is True:
+        if node.args.get("zero_init") is True:  # a norm's scale (gamma), zero at the start
             self.zero_init.append(node.attr)
         if node.kind not in FORWARD_ONLY:
             if node.kind == "conv" and self.started and self.forward:
@@ -548,7 +549,7 @@ def _resnet(printer: TorchModel, net) -> str:
         "def forward(self, x: torch.Tensor) -> torch.Tensor:",
         "    x = self.forward_features(x)",
     ]
-    pre = [node for node in lowered.head_form if node.kind in (*NORMS, "relu")]
+    pre = list(takewhile(lambda node: node.kind != "global_avg_pool", lowered.head_form))
     if pre:
         forward_features.append("")
         forward_features += [f"    x = self.{node.attr}(x)" for node in pre]
