@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 
 import pytest
@@ -220,3 +221,52 @@ def test_channel_conv_mistakes_are_located(tmp_path, layer, message):
     rendered = report.render()
     assert message in rendered, rendered
     assert "Traceback" not in rendered and all(d.span for d in report.diagnostics)
+
+
+# --- the new constructs, trained ------------------------------------------------------------
+
+TRAINED = """block eca_basic() extends basic {
+    after bn2 {
+        se: eca
+    }
+}
+
+network n {
+    input    3x16x16
+    classes  10
+    stem     cifar
+    block    eca_basic
+    shortcut B
+    norm     groupnorm 4
+    stage a: 1 x 16
+    stage b: 1 x 32, stride 2
+}
+
+train paper_cifar {
+    data       synthetic
+    augment    pad 2, random_crop 16, hflip
+}
+"""
+
+
+@pytest.mark.long
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_a_gn_network_with_eca_gates_trains(tmp_path, backend):
+    """GroupNorm everywhere and ECA's 1-D convolution, two iterations of each trainer: a
+    checkpoint, a finite loss, and the test error measured."""
+    import json
+
+    from tests.test_export import train_two_iterations
+
+    pytest.importorskip("jax" if backend == "jax" else "torch")
+    spec, analysis = load_spec(write(tmp_path, TRAINED))
+    assert {"groupnorm", "channel_conv"} <= analysis.lowered.kinds
+    package = compile_spec(spec, analysis, backend=backend, output=tmp_path / "pkg")
+    checkpoint = train_two_iterations(package)
+    assert checkpoint.stat().st_size > 0
+    final = json.loads((tmp_path / "run" / "final.json").read_text())
+    assert final["iterations"] == 2 and 0 <= final["test_top1_error"] <= 1
+    logged = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert all(math.isfinite(r["train_loss"]) for r in logged if "train_loss" in r)
