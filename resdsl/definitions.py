@@ -189,6 +189,8 @@ def _labels(body) -> list[str]:
             names.append(st.label.text)
         elif isinstance(st, s.If):
             names += _labels(st.then) + _labels(st.otherwise or ())
+        elif isinstance(st, s.Each):
+            names += _labels(st.body)
     return names
 
 
@@ -216,7 +218,8 @@ def _insert(body: list, st: s.Insert) -> tuple[list, bool]:
 def _remove(body: list, name: str) -> tuple[list, bool]:
     out, found = [], False
     for item in body:
-        if name == "add" and isinstance(item, s.Add | s.Branch):
+        if name == "add" and (isinstance(item, s.Branch) or isinstance(item, s.Add)
+                              and item.shortcut):  # fmt: skip
             found = found or isinstance(item, s.Add)
             continue
         if isinstance(item, s.Layer | s.Group) and item.label and item.label.text == name:

@@ -80,6 +80,27 @@ class BranchNode(NamedTuple):
     source: s.Branch
 
 
+class KeepNode(NamedTuple):
+    """`keep NAME`: the value here, read later by `multiply NAME` or `add NAME`."""
+
+    name: str
+    channels: object
+    parts: object  # None, or the number of parts of a split value
+    source: s.Layer
+
+
+class EachNode(NamedTuple):
+    """`each NAME { ... }`: `nodes` run on each of `count` parts, `NAME` the part's number; the
+    layers named inside are lists, one layer per part."""
+
+    name: str
+    count: object
+    nodes: tuple
+    inp: object  # channels of a part, in
+    out: object
+    source: s.Each
+
+
 class WhenNode(NamedTuple):
     """An `if` whose condition is known per block only (a shortcut's `stride != 1`)."""
 
@@ -97,6 +118,7 @@ class Form(NamedTuple):
     out: object  # channels out
     lets: dict  # let -> its value in terms of the parameters (what a LetNode's local holds)
     calls: tuple  # every CallNode, nested ones included
+    parts: object = None  # the parts of its output, when it ends split (a block used as a layer)
 
     def resolved(self, value):
         """`value` with the form's locals replaced by what they hold."""
@@ -128,10 +150,10 @@ class BlockClass:
 
 
 def walk(nodes):
-    """Every node, with the nodes inside groups and both sides of a `WhenNode`."""
+    """Every node, with the nodes inside groups, `each` and both sides of a `WhenNode`."""
     for node in nodes:
         yield node
-        if isinstance(node, GroupNode):
+        if isinstance(node, GroupNode | EachNode):
             yield from walk(node.nodes)
         elif isinstance(node, WhenNode):
             yield from walk(node.then)

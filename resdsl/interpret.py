@@ -24,14 +24,16 @@ from .forms import (
     BranchNode,
     CallNode,
     CheckNode,
+    EachNode,
     Form,
     GroupNode,
+    KeepNode,
     LayerNode,
     LetNode,
     WhenNode,
     walk,
 )
-from .layers import KINDS, LayerError, complete, vanishes
+from .layers import KINDS, LayerError, complete, through, vanishes
 from .limits import MAX_DEFINITION_NESTING, MAX_SPATIAL
 from .names import Namespace, label_problem, value_problem
 from .symbolic import (
@@ -44,6 +46,7 @@ from .symbolic import (
     constant,
     substitute,
     symbolic,
+    text,
     type_of,
 )
 
@@ -70,11 +73,15 @@ class _State:
         self.bound: set[str] = set()
         self.added = self.branched = False
         self.lets: dict = {}  # a local -> what it holds, in terms of the parameters
+        self.parts = None  # the number of parts of a split value (None: not split)
+        self.kept: dict = {}  # `keep NAME` -> (channels, parts)
+        self.each = False  # inside an `each`
 
     def copy(self) -> _State:
         other = _State(dict(self.env), self.channels, self.inplanes)
         other.labels, other.bound = set(self.labels), set(self.bound)
         other.added, other.branched, other.lets = self.added, self.branched, dict(self.lets)
+        other.parts, other.kept, other.each = self.parts, dict(self.kept), self.each
         return other
 
 
@@ -271,7 +278,8 @@ class _Run:
         nodes = _named_layers(nodes, "block" if self.definition.kind == "block" else (
             "network" if self.definition.kind == "stem" else "shortcut"))  # fmt: skip
         return Form(self.definition, params, tuple(nodes), inplanes, state.channels,
-                    state.lets, tuple(n for n in walk(nodes) if isinstance(n, CallNode)))  # fmt: skip
+                    state.lets, tuple(n for n in walk(nodes) if isinstance(n, CallNode)),
+                    state.parts)  # fmt: skip
 
     def statements(self, body, state: _State, nodes: list, group: bool = False) -> None:
         for st in body:
@@ -279,6 +287,14 @@ class _Run:
                 self.let(st, state, nodes)
             elif isinstance(st, s.If):
                 self.if_(st, state, nodes, group)
+            elif isinstance(st, s.Layer) and st.kind.text == "keep":
+                self.keep(st, state, nodes)
+            elif isinstance(st, s.Add) and not st.shortcut:
+                layer = s.Layer(None, s.Word("add", st.span), None, s.Ref(st.value.text,
+                                st.value.span), (), st.span)  # fmt: skip
+                self.statements((layer,), state, nodes, group)
+            elif isinstance(st, s.Each) and not group and self.definition.kind != "shortcut":
+                self.each(st, state, nodes)
             elif isinstance(st, s.Layer):
                 if group or self.definition.kind == "shortcut":
                     self.group_layer(st, state, nodes)
@@ -348,6 +364,11 @@ class _Run:
         state.added = then.added or otherwise.added
         state.branched = then.branched or otherwise.branched
         state.lets |= then.lets | otherwise.lets
+        if then.parts != otherwise.parts:
+            self.error("the two sides of this `if` give values of other parts (one is split, "
+                       "the other not)", "split (or join) on both sides", span=st.span)  # fmt: skip
+        state.parts = then.parts
+        state.kept = {k: v for k, v in then.kept.items() if otherwise.kept.get(k) == v}
         nodes.append(WhenNode(condition, tuple(then_nodes), tuple(otherwise_nodes), st))
 
     def check(self, st: s.Check, state: _State, nodes: list) -> None:
@@ -365,7 +386,12 @@ class _Run:
 
     def join(self, st, state: _State, nodes: list) -> None:
         what = "`add shortcut`" if isinstance(st, s.Add) else "`branch`"
-        if self.definition.kind != "block":
+        if state.each:
+            self.error(f"{what} belongs in the block's body, not inside `each`", span=st.span)
+        elif state.parts is not None:
+            self.error(f"{what} reads a value split into {text(state.parts)} parts",
+                       "join them first: `sum parts` or `concat`", span=st.span)  # fmt: skip
+        elif self.definition.kind != "block":
             self.error(f"{what} belongs in a block, not in a {self.definition.kind}",
                        span=st.span)  # fmt: skip
         elif isinstance(st, s.Add):
@@ -452,18 +478,101 @@ class _Run:
         return (value, value)
 
     def channels(self, kind, args: dict, state: _State, st: s.Layer):
+        """The channels out of the layer (None after reporting why it cannot read the value);
+        `state.parts` follows it."""
         if kind.gate:
-            given, needed = constant(state.channels), constant(state.inplanes)
-            if not symbolic(given) and not symbolic(needed) and given != needed:
-                self.error(f"`{kind.name}` needs {needed} channels (the block's input), got "
-                           f"{given}", at=st)  # fmt: skip
-                return None
-            return state.inplanes
+            return self.combined(kind, args, state, st)
         try:
-            return kind.channels(args, state.channels)
+            parts, factor = through(kind, args, state.parts)
+            out = kind.channels(args, state.channels)
         except LayerError as problem:
             self.error(problem.message, problem.hint, at=st)
             return None
+        state.parts = parts
+        return out if factor == 1 else apply("*", out, factor)
+
+    def combined(self, kind, args: dict, state: _State, st: s.Layer):
+        """`multiply NAME` / `add NAME`: the value and a kept one (or the input), broadcast."""
+        name = args["value"]
+        if name == "input":
+            if state.each:
+                self.error(f"`{kind.name} input` inside `each`: a part cannot read the "
+                           "definition's input", at=st)  # fmt: skip
+                return None
+            other, parts = state.inplanes, None
+        elif name in state.kept:
+            other, parts = state.kept[name]
+        else:
+            known = sorted(state.kept) + ["input"]
+            self.error(f"`{kind.name} {name}`: no value is kept as `{name}` here",
+                       did_you_mean(name, known, "values here") or "keep it first: `keep "
+                       f"{name}`", at=st)  # fmt: skip
+            return None
+        given, needed = constant(state.channels), constant(other)
+        if not symbolic(given) and not symbolic(needed) and given != needed and 1 not in (
+                given, needed):  # fmt: skip
+            what = "the block's input" if name == "input" else f"`{name}`"
+            self.error(f"`{kind.name}` needs {needed} channels ({what}), got {given}", at=st)
+            return None
+        if (parts is None) != (state.parts is None) or (
+                parts is not None and not symbolic(parts) and not symbolic(state.parts)
+                and constant(parts) != constant(state.parts)):  # fmt: skip
+            show = lambda p: "not split" if p is None else f"split into {text(p)} parts"  # noqa: E731
+            self.error(f"`{kind.name} {name}` combines a value {show(state.parts)} with one "
+                       f"{show(parts)}", "split (or join) them alike", at=st)  # fmt: skip
+            return None
+        return state.channels if not symbolic(needed) and needed == 1 else other
+
+    def keep(self, st: s.Layer, state: _State, nodes: list) -> None:
+        """`keep NAME`: the value here gets a name, for `multiply NAME` and `add NAME`."""
+        if st.label is not None or st.kernel is not None or st.options or not isinstance(
+                st.arg, s.Ref):  # fmt: skip
+            self.error("`keep` takes one name: `keep NAME`", at=st)
+            return
+        name = st.arg.name
+        problem = value_problem(name)
+        if problem is None and name in ("input", "shortcut"):
+            problem = f"`{name}` names the {'input' if name == 'input' else 'shortcut'} already"
+        if problem is None and (name in state.env or name in state.kept):
+            problem = f"`{name}` is already defined here"
+        if problem:
+            self.error(f"{problem}; choose another name for this value", span=st.arg.span)
+            return
+        state.kept[name] = (state.channels, state.parts)
+        nodes.append(KeepNode(name, state.channels, state.parts, st))
+
+    def each(self, st: s.Each, state: _State, nodes: list) -> None:
+        """`each NAME { ... }`: the body on each part of a split value."""
+        if state.each:
+            self.error("`each` inside `each`", "split once, and run one `each`", span=st.span)
+            return
+        if state.parts is None:
+            self.error("`each` runs on the parts of a split value, and this one has none",
+                       "split it first: `split N`", span=st.span)  # fmt: skip
+            return
+        name = st.name.text
+        problem = value_problem(name)
+        if problem is None and (name in state.env or name in state.kept):
+            problem = f"`{name}` is already defined here"
+        if problem:
+            self.error(f"{problem}; choose another name for the part's number",
+                       span=st.name.span)  # fmt: skip
+            return
+        inner = state.copy()
+        inner.env[name] = Var(name, "int")
+        inner.parts, inner.kept, inner.each = None, {}, True
+        body: list = []
+        self.statements(st.body, inner, body)
+        if self.failed:
+            return
+        if inner.parts is not None:
+            self.error("a part comes out of `each` split again", "join it inside the body",
+                       span=st.span)  # fmt: skip
+            return
+        state.labels |= inner.labels
+        state.lets |= inner.lets
+        nodes.append(EachNode(name, state.parts, tuple(body), state.channels, inner.channels, st))
+        state.channels = inner.channels
 
     def group(self, st: s.Group, state: _State, nodes: list) -> None:
         if not self.label(st.label, state):
@@ -526,6 +635,11 @@ class _Run:
             return
         if not self.label(st.label, state):
             return
+        if state.parts is not None:
+            self.error(f"block `{name}` reads a value of one part, and this one is split into "
+                       f"{text(state.parts)} parts", "join the parts first (`sum parts`, "
+                       "`concat`), or use it on each part: `each i { ... }`", at=st)  # fmt: skip
+            return
         known = definition.param_names()
         args = {}
         for option in st.options:
@@ -572,13 +686,14 @@ class _Run:
             return
         try:
             out = substitute(sub.resolved(sub.out), bound)
+            parts = None if sub.parts is None else substitute(sub.resolved(sub.parts), bound)
         except EvalError as problem:
             self.error(problem.message, problem.hint, at=st)
             return
         args = {p: bound[p] for p in known}  # the defaults too, as the caller computes them
         node = CallNode(st.label.text, name, args, state.channels, out, st)
         nodes.append(node)
-        state.channels = out
+        state.channels, state.parts = out, parts
 
     def arguments(self, st: s.Layer, kind, state: _State) -> dict | None:
         """A layer's arguments, checked where they are known, every default filled in."""
@@ -715,6 +830,10 @@ def argument_problem(kind, name: str, value) -> str | None:
     elif spec.kind == "word":
         if not isinstance(value, Sym) or value not in spec.choices:
             return f"{kind.name}'s {name} must be one of: {', '.join(spec.choices)}"
+    elif spec.kind == "name":
+        if not isinstance(value, str) or isinstance(value, bool):
+            return (f"`{kind.name}` takes the name of a value (`input`, or one kept with "
+                    f"`keep NAME`), got {_show(value)}")  # fmt: skip
     return None
 
 
@@ -741,6 +860,8 @@ def _named_layers(nodes: list, scope: str) -> list:
             elif isinstance(node, WhenNode):
                 node = node._replace(then=tuple(name(node.then)),
                                      otherwise=tuple(name(node.otherwise)))  # fmt: skip
+            elif isinstance(node, EachNode):
+                node = node._replace(nodes=tuple(name(node.nodes)))
             out.append(node)
         return out
 

@@ -33,7 +33,7 @@ class LayerError(Exception):
 
 class Option(NamedTuple):
     """An argument: `kind` is whole (>= 1) | count (>= 0) | probability | positive (a number
-    > 0) | flag | word;
+    > 0) | flag | word (one of `choices`) | name (of a value kept with `keep`);
     `default` None: required (or, for stride and padding, derived from the kernel)."""
 
     kind: str
@@ -64,8 +64,9 @@ class Kind(NamedTuple):
     # a layer with this argument at 0 does nothing and is left out (dropout 0, drop_path 0)
     vanishes_at_zero: str | None = None
     weighted: bool = False  # has parameters: needs a name (it becomes a state_dict key)
-    gate: bool = False  # multiplies the block's input by its value (squeeze-and-excitation)
+    gate: bool = False  # combines its value with a kept one (`multiply`, `add`): no shape rule
     random: bool = False  # draws random numbers in training
+    on_parts: bool = False  # reads a split value (each part alike): activations, softmax, sum
 
     def shape(self, args: dict, shape: Shape) -> Shape:
         """The output shape of concrete `args` at a concrete input `shape`."""
@@ -125,6 +126,15 @@ def _pool_spatial(args: dict, shape: Shape) -> tuple[int, int]:
             "use a larger input, or a smaller stride",
         )
     return size
+
+
+def _avg_pool_spatial(args: dict, shape: Shape) -> tuple[int, int]:
+    if args["ceil"] is True and args["count_include_pad"] is True:
+        raise LayerError(
+            "an average pool with both `ceil` and `count_include_pad` is not supported",
+            "choose one of them (timm's blocks use one or the other)",
+        )
+    return _pool_spatial(args, shape)
 
 
 def _pad_channels_spatial(args: dict, shape: Shape) -> tuple[int, int]:
@@ -202,6 +212,20 @@ def _fixed(text: str) -> Callable[[dict], str]:
 
 
 PROBABILITY = Option("probability", 0.0)
+AXES = ("channels", "positions", "parts")
+
+
+def _split_spatial(args: dict, shape: Shape) -> tuple[int, int]:
+    parts, groups = args["parts"], args["groups"]
+    if shape[0] % (parts * groups):
+        whole = f"{groups} groups of {parts} parts" if groups != 1 else f"{parts} parts"
+        raise LayerError(
+            f"{shape[0]} channels do not split into {whole}",
+            "the parts must have equal channels: choose a count that divides the channels",
+        )
+    return shape[1:]
+
+
 ACTIVATIONS = {
     "relu": ("max(x, 0)", "ReLU"),
     "gelu": ("x * Phi(x) (exact, not the tanh approximation)", "GELU"),
@@ -291,7 +315,9 @@ KINDS: dict[str, Kind] = {
         weighted=True,
     ),
     **{
-        name: Kind(name, f"activation: {formula}", doc=_fixed(title), short=_fixed(title))
+        name: Kind(
+            name, f"activation: {formula}", doc=_fixed(title), short=_fixed(title), on_parts=True
+        )  # fmt: skip
         for name, (formula, title) in ACTIVATIONS.items()
     },
     "max_pool": Kind(
@@ -306,8 +332,10 @@ KINDS: dict[str, Kind] = {
     ),
     "avg_pool": Kind(
         "avg_pool",
-        "average pooling: `avg_pool KxK, stride S, padding P, ceil`; stride defaults to K, "
-        "padding to 0; padding is not counted in the average (count_include_pad=False)",
+        "average pooling: `avg_pool KxK, stride S, padding P, ceil, count_include_pad`; stride "
+        "defaults to K, padding to 0; padding is counted in the average only with "
+        "`count_include_pad` (PyTorch's default, which ResNeSt and Res2Net use; timm's ResNet-D "
+        "shortcut does not)",
         doc=_fixed("average pool"),
         short=lambda a: f"{_k(a)}{_stride(a)} avg pool",
         kernel=True,
@@ -315,8 +343,9 @@ KINDS: dict[str, Kind] = {
             "stride": Option("whole", None),
             "padding": Option("count", None),
             "ceil": Option("flag", False),
+            "count_include_pad": Option("flag", False),
         },
-        spatial=_pool_spatial,
+        spatial=_avg_pool_spatial,
     ),
     "global_avg_pool": Kind(
         "global_avg_pool",
@@ -324,6 +353,7 @@ KINDS: dict[str, Kind] = {
         doc=_fixed("global average pool"),
         short=_fixed("global avg pool"),
         spatial=lambda a, s: (1, 1),
+        on_parts=True,
     ),
     "dropout": Kind(
         "dropout",
@@ -349,10 +379,69 @@ KINDS: dict[str, Kind] = {
     ),
     "multiply": Kind(
         "multiply",
-        "the value times the input of the block it is in (a gate, as in squeeze-and-excitation)",
-        doc=_fixed("gate"),
-        short=_fixed("multiply"),
+        "the value times a kept one (`multiply NAME`, after `keep NAME`), broadcast where one of "
+        "them has 1 channel or a 1x1 map; `multiply` alone: times the input of the definition it "
+        "is in (a gate, as in squeeze-and-excitation)",
+        doc=lambda a: "gate" if a["value"] == "input" else f"times {a['value']}",
+        short=lambda a: "multiply" if a["value"] == "input" else f"multiply {a['value']}",
+        positional="value",
+        options={"value": Option("name", "input")},
         gate=True,
+        on_parts=True,
+    ),
+    "add": Kind(
+        "add",
+        "the value plus a kept one (`add NAME`), broadcast as `multiply`; `add input`: plus the "
+        "input of the definition it is in (global context's fusion by addition). `add shortcut` "
+        "is the residual add",
+        doc=lambda a: f"plus {a['value']}",
+        short=lambda a: f"add {a['value']}",
+        positional="value",
+        options={"value": Option("name", "input")},
+        gate=True,
+        on_parts=True,
+    ),
+    "split": Kind(
+        "split",
+        "the channels split into N equal parts, stacked on a parts axis: `split N` (each part "
+        "has C / N channels); `, groups G`: the channels are G groups, each split into N (the "
+        "channel order of a grouped convolution's output, as ResNeSt's radix softmax reads it)",
+        doc=lambda a: f"split into {a['parts']}",
+        short=lambda a: f"split {a['parts']}",
+        positional="parts",
+        options={"parts": Option("whole"), "groups": Option("whole", 1)},
+        channels=lambda a, c: apply("//", c, a["parts"]),
+        spatial=lambda a, s: _split_spatial(a, s),
+    ),
+    "concat": Kind(
+        "concat",
+        "the parts of a split value joined along the channels, part after part (the inverse of "
+        "`split`)",
+        doc=_fixed("concat"),
+        short=_fixed("concat"),
+        on_parts=True,
+    ),
+    "sum": Kind(
+        "sum",
+        "the sum over an axis: `sum parts` (of a split value: one value), `sum positions` (a "
+        "1x1 map), `sum channels` (one channel)",
+        doc=lambda a: f"sum over {a['axis']}",
+        short=lambda a: f"sum {a['axis']}",
+        positional="axis",
+        options={"axis": Option("word", None, AXES)},
+        channels=lambda a, c: 1 if a["axis"] == "channels" else c,
+        spatial=lambda a, s: (1, 1) if a["axis"] == "positions" else s[1:],
+        on_parts=True,
+    ),
+    "softmax": Kind(
+        "softmax",
+        "the softmax over an axis: `softmax parts` (across the parts of a split value), "
+        "`softmax positions` (over height and width), `softmax channels`",
+        doc=lambda a: f"softmax over {a['axis']}",
+        short=lambda a: f"softmax {a['axis']}",
+        positional="axis",
+        options={"axis": Option("word", None, AXES)},
+        on_parts=True,
     ),
     "identity": Kind(
         "identity",
@@ -390,6 +479,33 @@ def complete(kind: Kind, args: dict) -> dict:
             else:
                 full["padding"] = 0
     return full
+
+
+def through(kind: Kind, args: dict, parts):
+    """The parts axis after a layer, from the one before it: None (a value of one part) or the
+    number of parts (after `split`); and the factor of its channels (`concat`: the parts).
+    LayerError where the layer cannot read such a value."""
+    if kind.name == "split":
+        if parts is not None:
+            raise LayerError(f"the value is already split into {parts} parts",
+                             "join them first: `sum parts` or `concat`")  # fmt: skip
+        return args["parts"], 1
+    joins = kind.name == "concat" or (kind.name == "sum" and args["axis"] == "parts")
+    if parts is None:
+        if joins or args.get("axis") == "parts":
+            written = "concat" if kind.name == "concat" else f"{kind.name} parts"
+            raise LayerError(f"`{written}` reads a split value, and this one has no parts",
+                             "split it first: `split N`")  # fmt: skip
+        return None, 1
+    if not kind.on_parts:
+        raise LayerError(
+            f"`{kind.name}` reads a value of one part, and this one is split into {parts} parts",
+            "join the parts first (`sum parts`, `concat`), or run it on each part: "
+            "`each i { ... }`",
+        )
+    if joins:
+        return None, (parts if kind.name == "concat" else 1)
+    return parts, 1
 
 
 def vanishes(kind: Kind, args: dict) -> bool:

@@ -26,8 +26,10 @@ from .forms import (
     BranchNode,
     CallNode,
     CheckNode,
+    EachNode,
     Form,
     GroupNode,
+    KeepNode,
     LayerNode,
     LetNode,
     WhenNode,
@@ -35,7 +37,7 @@ from .forms import (
     walk,
 )
 from .interpret import Interpreter, Where, argument_problem, place
-from .layers import KINDS, LayerError, Shape, vanishes
+from .layers import KINDS, LayerError, Shape, through, vanishes
 from .limits import MAX_ALL_LAYERS, MAX_LAYERS
 from .names import PRINTER_NAMES, Namespace
 from .symbolic import EvalError, Named, Op, Var, concrete, constant, text, type_of
@@ -61,6 +63,25 @@ class Group(NamedTuple):
     layers: tuple[Layer, ...]
     inp: Shape
     out: Shape
+
+
+class Keep(NamedTuple):
+    """`keep NAME`: where a value is kept, for `multiply NAME` and `add NAME` (and the depth)."""
+
+    name: str
+
+
+class Each(NamedTuple):
+    """`each NAME { ... }` as built: the items of each part, in order (a list per name)."""
+
+    name: str
+    parts: tuple[tuple, ...]  # each part's items: Layer | Group | Block
+    inp: Shape  # a part's shape
+    out: Shape
+
+    @property
+    def layers(self) -> tuple:
+        return tuple(item for part in self.parts for item in part)
 
 
 class Add(NamedTuple):
@@ -98,18 +119,11 @@ class Block(NamedTuple):
     name: str | None = None  # when used as a layer of another block
     shortcut_name: str | None = None  # the network's shortcut option for this block
     size: int = 0  # layers inside, those of blocks used as layers and shortcuts included
+    parts: int | None = None  # the parts of its output, when it ends split (used as a layer)
 
     def layers(self):
         """Every primitive layer inside, shortcuts included, in order."""
-        for item in self.items:
-            if isinstance(item, Layer):
-                yield item
-            elif isinstance(item, Group):
-                yield from item.layers
-            elif isinstance(item, Block):
-                yield from item.layers()
-            elif isinstance(item, Add) and item.shortcut is not None:
-                yield from item.shortcut.layers
+        yield from _layers(self.items)
 
     @property
     def residual(self) -> bool:
@@ -118,13 +132,42 @@ class Block(NamedTuple):
     @property
     def depth(self) -> int:
         """Weighted layers on the main path, as the paper counts: convolutions and fully
-        connected layers (shortcuts, and blocks used as layers such as an SE gate, are beside
-        it)."""
-        count = 0
-        for item in self.items:
-            for layer in item.layers if isinstance(item, Group) else (item,):
-                count += isinstance(layer, Layer) and layer.kind in ("conv", "linear")
-        return count
+        connected layers. Shortcuts are beside it, and so is an attention: the layers between a
+        value kept (or the input) and the `multiply` or `add` that reads it again (an SE gate);
+        one part of an `each` stands for its parts, which run side by side."""
+        return _depth(self.items)
+
+
+def _depth(items) -> int:
+    count, kept = 0, {"input": 0}
+    for item in items:
+        if isinstance(item, Keep):
+            kept[item.name] = count
+        elif isinstance(item, Layer) and KINDS[item.kind].gate:
+            count = kept.get(item.args["value"], count)
+        elif isinstance(item, Layer):
+            count += item.kind in ("conv", "linear")
+        elif isinstance(item, Group):
+            count += _depth(item.layers)
+        elif isinstance(item, Each):
+            count += _depth(item.parts[0])
+        elif isinstance(item, Block):
+            count += item.depth
+    return count
+
+
+def _layers(items):
+    for item in items:
+        if isinstance(item, Layer):
+            yield item
+        elif isinstance(item, Group):
+            yield from _layers(item.layers)
+        elif isinstance(item, Each):
+            yield from _layers(item.layers)
+        elif isinstance(item, Block):
+            yield from item.layers()
+        elif isinstance(item, Add) and item.shortcut is not None:
+            yield from item.shortcut.layers
 
 
 class Stage(NamedTuple):
@@ -355,7 +398,7 @@ class Lowering:
         named = frozenset({"expansion"}) if role == "stage" else frozenset()
         form = self.interpreter.run(definition, given, Var("inplanes", "int"), self.preact,
                                     where, named)  # fmt: skip
-        if form is None or not self._printable(form, where, "block"):
+        if form is None or not self._printable(form, where, "block", split=role == "layer"):
             return None
         defined_residual = any(isinstance(n, AddNode) for n in walk(form.nodes))
         name = self.class_names.take(class_name(definition.name, residual, defined_residual))
@@ -414,10 +457,19 @@ class Lowering:
             self.shortcut_forms[name] = form
         return True
 
-    def _printable(self, form: Form, where: Where, role: str) -> bool:
+    def _printable(self, form: Form, where: Where, role: str, split: bool = False) -> bool:
         """An `if` on a value known per block only is code the printers can write in a shortcut
-        (around all of it, or between two layers); in a block, the classes differ instead."""
+        (around all of it, or between two layers); in a block, the classes differ instead. Only
+        a block used as a layer (`split`) may end with a split value."""
         definition = form.definition
+        if form.parts is not None and not split:
+            self.report.error(
+                f"{where.context}{definition.kind} `{definition.name}` ends with a value split "
+                f"into {text(form.parts)} parts",
+                where.span or definition.span,
+                "join them (`sum parts`, `concat`); only a block used as a layer may give parts",
+            )
+            return False
         for node in walk(form.nodes):
             if not isinstance(node, WhenNode):
                 continue
@@ -425,7 +477,7 @@ class Lowering:
             whole = role == "shortcut" and guarded is not None and guarded[1] is node
             single = role == "shortcut" and len(node.then) == 1 == len(node.otherwise) and all(
                 isinstance(n, LayerNode) for n in (*node.then, *node.otherwise))  # fmt: skip
-            if whole or single:
+            if whole or single or (role == "block" and optional_pool(node)):
                 continue
             condition = text(node.condition)
             if role == "shortcut":
@@ -439,7 +491,8 @@ class Lowering:
                     f"an `if` of {definition.kind} `{definition.name}` ({place(node.source.span)}) "
                     f"depends on `{condition}`, which differs between its blocks"
                 )  # fmt: skip
-                hint = "write two blocks instead (or give the value per stage)"
+                hint = ("write two blocks instead (or give the value per stage); an `if` may hold "
+                        "one pool alone (ResNeSt's `avd_last`)")  # fmt: skip
             self.report.error(f"{where.context}{message}", where.span, hint)
             return False
         return True
@@ -553,7 +606,7 @@ class Lowering:
                 if args is None:
                     args = {k: constant(v) for k, v in form.params.items()}
                 block = Block(form.definition.name, args, tuple(items), shape, built.shape, name,
-                              shortcut, built.size)  # fmt: skip
+                              shortcut, built.size, built.parts)  # fmt: skip
             self.cache[key] = block
         return self.cache[key]
 
@@ -610,6 +663,8 @@ class _Build:
         self.lowering, self.form, self.span, self.context = lowering, form, span, context
         self.report = lowering.report
         self.input = self.shape = shape
+        self.parts = None  # the number of parts of a split value (None: not split)
+        self.kept: dict = {}  # `keep NAME` -> (shape, parts)
         self.shortcut = shortcut
         self.size = 0  # layers, those of blocks used as layers and of shortcuts included
         self.failed = False
@@ -647,6 +702,11 @@ class _Build:
                 return
             if isinstance(node, LetNode):
                 env[node.name] = self.value(node.value, env, node.source)
+            elif isinstance(node, KeepNode):
+                self.kept[node.name] = (self.shape, self.parts)
+                items.append(Keep(node.name))
+            elif isinstance(node, EachNode):
+                self.each(node, env, items)
             elif isinstance(node, CheckNode):
                 if self.value(node.condition, env, node.source) is False:
                     self.error(node.message, at=node.source)
@@ -691,17 +751,15 @@ class _Build:
             args[name] = value
         if vanishes(kind, args):
             return None
-        if kind.gate and (self.shape[0] != self.input[0] or self.shape[1:] not in (
-                (1, 1), self.input[1:])):  # fmt: skip
-            got, want = _shape(self.shape), _shape(self.input)
-            self.error(
-                f"`{node.kind}` multiplies the block's input ({want}) by {got}",
-                "a gate keeps the input's channels, and its size or 1x1",
-                node.source,
-            )
-            return None
         try:
-            out = self.input if kind.gate else kind.shape(args, self.shape)
+            if kind.gate:
+                out = self.combined(kind, args)
+                if out is None:
+                    return None
+            else:
+                self.parts, factor = through(kind, args, self.parts)
+                out = kind.shape(args, self.shape)
+                out = (out[0] * factor, *out[1:])
         except LayerError as problem:
             self.error(problem.message, problem.hint, node.source)
             return None
@@ -712,6 +770,43 @@ class _Build:
         inp, self.shape = self.shape, out
         return Layer(node.attr if node.labelled else None, node.kind, args, inp, out,
                      kind.params(args, inp, out), kind.macs(args, inp, out), node.source)  # fmt: skip
+
+    def combined(self, kind, args: dict) -> Shape | None:
+        """`multiply NAME` / `add NAME`: the value and a kept one (or the input), broadcast
+        where one has 1 channel or a 1x1 map."""
+        name = args["value"]
+        other = self.input if name == "input" else self.kept[name][0]
+        out = _broadcast(self.shape, other)
+        if out is None:
+            got, want = _shape(self.shape), _shape(other)
+            if name == "input" and kind.name == "multiply":
+                raise LayerError(f"`multiply` multiplies the block's input ({want}) by {got}",
+                                 "a gate keeps the input's channels, and its size or 1x1")  # fmt: skip
+            raise LayerError(
+                f"`{kind.name} {name}` combines {got} with `{name}` ({want})",
+                "the two need equal channels (or one of 1) and equal sizes (or one of 1x1)",
+            )
+        return out
+
+    def each(self, node: EachNode, env: dict, items: list) -> None:
+        start, parts = self.shape, self.parts
+        built, shapes = [], []
+        for i in range(parts):
+            self.shape, self.parts = start, None
+            inner: list = []
+            self.nodes(node.nodes, dict(env, **{node.name: i}), inner)
+            if self.failed:
+                return
+            built.append(tuple(inner))
+            shapes.append(self.shape)
+        if len(set(shapes)) > 1:
+            found = ", ".join(f"part {i}: {_shape(shape)}" for i, shape in enumerate(shapes))
+            self.error(f"the parts of `each` come out unlike ({found})",
+                       "each part must give one shape, so that they stack again",
+                       node.source)  # fmt: skip
+            return
+        items.append(Each(node.name, tuple(built), start, self.shape))
+        self.parts = parts
 
     def call(self, node: CallNode, env: dict, items: list) -> None:
         lowering = self.lowering
@@ -736,7 +831,7 @@ class _Build:
             cls.instances.append(block)
         self.size += block.size
         items.append(block)
-        self.shape = block.out
+        self.shape, self.parts = block.out, block.parts
 
     def add(self, env: dict, items: list) -> None:
         name = self.shortcut
@@ -764,6 +859,15 @@ class _Build:
             return
         shortcut = Shortcut(name, tuple(layers), self.input, built.shape) if layers else None
         items.append(Add(shortcut, built.shape))
+
+
+def optional_pool(node: WhenNode) -> bool:
+    """An `if` around one pool and nothing else, in a block: the class holds the pool or None
+    (as timm's ResNeSt holds `avd_last`)."""
+    if node.otherwise or len(node.then) != 1 or not isinstance(node.then[0], LayerNode):
+        return False
+    kind = KINDS[node.then[0].kind]
+    return kind.kernel and not kind.weighted
 
 
 def class_name(definition: str, residual: bool, defined_residual: bool) -> str:
@@ -824,6 +928,16 @@ def _joined(types: list[str]) -> str:
     if len(kinds) == 1:
         return kinds.pop()
     return "float" if kinds <= {"int", "float"} else "any"
+
+
+def _broadcast(a: Shape, b: Shape) -> Shape | None:
+    """The shape of an elementwise product or sum of `a` and `b`; None where they do not
+    broadcast (channels equal or one of them 1; sizes equal or one of them 1x1)."""
+    if a[0] != b[0] and 1 not in (a[0], b[0]):
+        return None
+    if a[1:] != b[1:] and (1, 1) not in (a[1:], b[1:]):
+        return None
+    return (max(a[0], b[0]), *max(a[1:], b[1:]))
 
 
 def _shape(shape: Shape) -> str:

@@ -54,7 +54,7 @@ PRINTER_NAMES = (
     self x out identity outplanes inplanes downsample norm train shortcut name parent torch nn
     F jax jnp partial Any Callable ModuleDef kaiming_normal uniform conv3x3 conv1x1 avg_pool
     zero_pad_shortcut DropPath ZeroPadShortcut ResNet build_model init_variables logits int
-    float bool str tuple list dict type super isinstance range len print
+    float bool str tuple list dict type super isinstance range len print part parts enumerate
 """.split()
     )
     | PYTHON_KEYWORDS

@@ -513,7 +513,13 @@ class _ToSyntax(Transformer):
 
     @v_args(meta=True)
     def add_shortcut(self, meta, children):
-        return s.Add(self._keyword_span(meta, "add shortcut"))
+        (name,) = children
+        return s.Add(self._word(name), _span(self.path, meta))
+
+    @v_args(meta=True)
+    def each(self, meta, children):
+        name, body = children
+        return s.Each(self._word(name), tuple(body), _span(self.path, meta))
 
     @v_args(meta=True)
     def branch(self, meta, children):

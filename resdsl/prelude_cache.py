@@ -23,7 +23,7 @@ NODES = {
     for cls in (
         s.Num, s.Ref, s.BinOp, s.Neg, s.Not, s.Choose, s.Call, s.Word, s.Str, s.Dims, s.Range, s.Option,
         s.Several, s.Step, s.Statement, s.ParamDecl, s.NetworkDecl, s.TrainDecl, s.Layer, s.Group, s.Let,
-        s.If, s.Add, s.Branch, s.Insert, s.Remove, s.Check, s.DefParam, s.Definition, Span,
+        s.If, s.Add, s.Each, s.Branch, s.Insert, s.Remove, s.Check, s.DefParam, s.Definition, Span,
     )
 }  # fmt: skip
 # the nodes' names and fields: a cache written by another version of syntax.py is not read

@@ -189,6 +189,13 @@ def apply(op: str, *args, span=None):
                 raise EvalError(f"log2 needs a positive value, got {values[0]}", span)
             return math.log2(values[0])
         return Op("log2", (args[0],), "float", span)
+    if op == "floor":
+        _needs_number(values[0], span)
+        if known:
+            return math.floor(values[0])
+        if type_of(values[0]) == "int":
+            return args[0]
+        return Op("floor", (args[0],), "int", span)
     if op in ("max", "min"):
         for value in values:
             _needs_number(value, span)
@@ -276,7 +283,13 @@ def concrete(value, env: Mapping[str, object]):
 
 # --- Python text ------------------------------------------------------------------------------
 
-CALLS = {"int": "int", "max": "max", "min": "min", "log2": "math.log2"}  # Python calls
+CALLS = {
+    "int": "int",
+    "max": "max",
+    "min": "min",
+    "log2": "math.log2",
+    "floor": "math.floor",
+}  # Python calls
 LEVELS = {"choose": 0, "or": 1, "and": 2, "not": 3, **dict.fromkeys(COMPARISONS, 4), "+": 5,
           "-": 5, "*": 6, "/": 6, "//": 6, "neg": 7, "atom": 9}  # fmt: skip
 

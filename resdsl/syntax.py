@@ -95,7 +95,7 @@ Value = Expr | Str | Dims
 
 
 class Call(NamedTuple):
-    """`max(a, b, ...)`, `min(a, b, ...)` or `log2(a)`: a function of values."""
+    """`max(a, b, ...)`, `min(a, b, ...)`, `log2(a)` or `floor(a)`: a function of values."""
 
     name: str
     args: tuple
@@ -103,7 +103,7 @@ class Call(NamedTuple):
 
 
 # the functions a value may call, and how many values each takes (None: two or more)
-FUNCTIONS = {"max": None, "min": None, "log2": 1}
+FUNCTIONS = {"max": None, "min": None, "log2": 1, "floor": 1}
 EXPRESSIONS = (Num, Ref, BinOp, Neg, Not, Choose, Call)
 
 
@@ -196,8 +196,23 @@ class If(NamedTuple):
 
 
 class Add(NamedTuple):
-    """`add shortcut`: the main branch plus the network's shortcut."""
+    """`add shortcut`: the main branch plus the network's shortcut; `add NAME`: the value plus
+    the definition's input (`input`) or a kept value."""
 
+    value: Word
+    span: Span
+
+    @property
+    def shortcut(self) -> bool:
+        return self.value.text == "shortcut"
+
+
+class Each(NamedTuple):
+    """`each i { ... }`: the body on each part of a split value, `i` the part's number; its
+    layers are lists (one layer per part)."""
+
+    name: Word
+    body: tuple
     span: Span
 
 
@@ -231,7 +246,7 @@ class Check(NamedTuple):
     span: Span
 
 
-DefStatement = Layer | Group | Let | If | Add | Branch | Insert | Remove | Check
+DefStatement = Layer | Group | Let | If | Add | Branch | Insert | Remove | Check | Each
 
 
 class DefParam(NamedTuple):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .. import ir
 from ..analysis import Analysis
-from ..forms import AddNode, BlockClass, CallNode, GroupNode, LayerNode, walk
+from ..forms import AddNode, BlockClass, CallNode, EachNode, GroupNode, LayerNode, walk
 from ..layers import KINDS
 from ..lower import Block, Group, Lowered
 from ..quoting import code_text
@@ -78,6 +78,9 @@ def class_doc(cls: BlockClass) -> str:
 def _part(node) -> str:
     if isinstance(node, GroupNode):
         return node.attr
+    if isinstance(node, EachNode):
+        inner = ", ".join(p for p in map(_part, node.nodes) if p)
+        return f"on each part [{inner}]"
     if isinstance(node, CallNode):
         return f"{node.attr} ({node.definition.replace('_', ' ')})"
     if isinstance(node, LayerNode):

@@ -409,7 +409,7 @@ def _residual(definition: FlatDef) -> bool:
 
     def walk(body) -> bool:
         for st in body:
-            if isinstance(st, s.Add):
+            if isinstance(st, s.Add) and st.shortcut:
                 return True
             if isinstance(st, s.If) and (walk(st.then) or walk(st.otherwise or ())):
                 return True

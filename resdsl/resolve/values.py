@@ -51,6 +51,8 @@ class Values:
                                       expr.span)  # fmt: skip
                     return None
                 return math.log2(values[0])
+            if expr.name == "floor":
+                return math.floor(values[0])
             return {"max": max, "min": min}[expr.name](values)
         if not isinstance(expr, s.BinOp) or expr.op not in ("+", "-", "*", "/", "//"):
             self.report.error(

@@ -6,12 +6,25 @@ the forms of `lower.py` and decides nothing about the network."""
 
 from __future__ import annotations
 
+import re
 from itertools import takewhile
 
 from ...analysis import Analysis
-from ...forms import BlockClass, CallNode, GroupNode, LayerNode, LetNode, WhenNode, guard, walk
+from ...forms import (
+    BlockClass,
+    CallNode,
+    EachNode,
+    GroupNode,
+    KeepNode,
+    LayerNode,
+    LetNode,
+    WhenNode,
+    guard,
+    walk,
+)
 from ...layers import KINDS
 from ...lower import Lowered
+from ...names import python_name
 from ...quoting import code_text
 from ...symbolic import apply, literal, symbolic, text
 from ..common import annotation, class_doc, module_doc, speller, stage_extras, stem_description
@@ -90,8 +103,12 @@ def _pool(a: dict, v: str, ctx: dict) -> str:
 
 
 def _avg_pool(p: JaxModel, a: dict, v: str, name: str, ctx: dict) -> str:
-    p.used.add("avg_pool")
     spell = ctx["spell"]
+    if a["count_include_pad"] is True:  # Flax's own average (ceil is refused with it)
+        kernel = f"({text(a['kernel'][0], spell)}, {text(a['kernel'][1], spell)})"
+        return (f"nn.avg_pool({v}, {kernel}, strides={_pair(a['stride'], spell)}, "
+                f"padding=({_pair(a['padding'], spell)}, {_pair(a['padding'], spell)}))")  # fmt: skip
+    p.used.add("avg_pool")
     ceil = ", ceil=True" if a["ceil"] is True else ""
     return (f"avg_pool({v}, {text(a['kernel'][0], spell)}, {text(a['stride'], spell)}"
             f"{_kw('padding', a['padding'], 0, spell)}{ceil})")  # fmt: skip
@@ -111,6 +128,22 @@ def _pad_channels(p: JaxModel, a: dict, v: str, name: str, ctx: dict) -> str:
     return f"zero_pad_shortcut({v}, {text(a['channels'], spell)}, {text(a['stride'], spell)})"
 
 
+def _split(a: dict, v: str, ctx: dict) -> str:
+    parts, groups = text(a["parts"], ctx["spell"]), a["groups"]
+    if groups == 1:
+        return f"{v}.reshape(*{v}.shape[:-1], {parts}, -1)"
+    # G groups of N parts each -> N parts of G groups
+    return (f"{v}.reshape(*{v}.shape[:-1], {text(groups, ctx['spell'])}, {parts}, -1)"
+            f".swapaxes(-3, -2).reshape(*{v}.shape[:-1], {parts}, -1)")  # fmt: skip
+
+
+def _value(a: dict, ctx: dict) -> str:
+    return ctx["input"] if a["value"] == "input" else python_name(a["value"])
+
+
+# the axes of a value: [N, H, W, C], or [N, H, W, PARTS, C] once split
+AXES = {"parts": "-2", "positions": "(1, 2)", "channels": "-1"}
+
 # kind -> the expression that applies it to `v` (a: the layer's arguments)
 CALLS = {
     "conv": _conv,
@@ -129,7 +162,16 @@ CALLS = {
         f"nn.Dropout({text(a['p'], ctx['spell'])}, deterministic=not {ctx['train']})({v})"
     ),
     "drop_path": _drop_path,
-    "multiply": lambda p, a, v, name, ctx: f"{ctx['input']} * {v}",
+    "multiply": lambda p, a, v, name, ctx: f"{_value(a, ctx)} * {v}",
+    "add": lambda p, a, v, name, ctx: f"{v} + {_value(a, ctx)}",
+    "split": lambda p, a, v, name, ctx: _split(a, v, ctx),
+    "concat": lambda p, a, v, name, ctx: f"{v}.reshape(*{v}.shape[:-2], -1)",
+    "sum": lambda p, a, v, name, ctx: (
+        f"{v}.sum(axis=-2)"
+        if a["axis"] == "parts"
+        else f"{v}.sum(axis={AXES[a['axis']]}, keepdims=True)"
+    ),  # fmt: skip
+    "softmax": lambda p, a, v, name, ctx: f"jax.nn.softmax({v}, axis={AXES[a['axis']]})",
     "identity": lambda p, a, v, name, ctx: v,
     "pad_channels": _pad_channels,
 }
@@ -144,13 +186,14 @@ class _Body:
         self.var, self.inp = var, inp
         self.started = started
         self.lines: list[str] = []
+        self.index: str | None = None  # inside `each`: the part's number
 
     def nodes(self, nodes) -> list[str]:
         for node in nodes:
             if isinstance(node, LetNode):
                 self.lines.append(f"{self.spell(node.name)} = {text(node.value, self.spell)}")
             elif isinstance(node, LayerNode):
-                self.layer(node, node.attr)
+                self.layer(node, self._name(node.attr, node.labelled))
             elif isinstance(node, GroupNode):
                 for inner in node.nodes:
                     if isinstance(inner, LetNode):
@@ -158,12 +201,47 @@ class _Body:
                             f"{self.spell(inner.name)} = {text(inner.value, self.spell)}"
                         )
                     else:
-                        self.layer(inner, f"{node.attr}_{inner.attr}")
+                        self.layer(inner, self._name(f"{node.attr}_{inner.attr}", True))
             elif isinstance(node, CallNode):
                 self.call(node)
+            elif isinstance(node, KeepNode):
+                self.lines.append(f"{python_name(node.name)} = {self._source()}")
+            elif isinstance(node, EachNode):
+                self.each(node)
+            elif isinstance(node, WhenNode):  # an `if` around one pool
+                layer = node.then[0]
+                self.lines.append(f"if {text(node.condition, self.spell)}:")
+                self.lines.append(f"    {self.var} = " + CALLS[layer.kind](
+                    self.printer, layer.args, self._source(), layer.attr, self.ctx))  # fmt: skip
+                self.started = True
             elif type(node).__name__ in ("BranchNode", "AddNode"):
                 self.lines.append(type(node).__name__)
         return self.lines
+
+    def each(self, node: EachNode) -> None:
+        """`each`: a loop over the parts; a layer named NAME inside is NAME_0, NAME_1, ..."""
+        index = python_name(node.name)
+
+        def spell(name: str) -> str:
+            return index if name == node.name else self.spell(name)
+
+        inner = _Body(self.printer, dict(self.ctx, spell=spell), "part", "part", started=True)
+        inner.index = index
+        inner.nodes(node.nodes)
+        if self.started and self.lines:
+            self.lines.append("")
+        self.lines += ["parts = []", f"for {index} in range({text(node.count, self.spell)}):",
+                       f"    part = {self._source()}[..., {index}, :]"]  # fmt: skip
+        self.lines += [f"    {line}" if line else "" for line in inner.lines]
+        self.lines.append("    parts.append(part)")
+        self._apply("jnp.stack(parts, axis=-2)")
+        self.lines.append("")
+
+    def _name(self, name: str, labelled: bool) -> str:
+        """A layer's module name: inside `each`, NAME_{i} for part i (an f-string's body)."""
+        if self.index is not None and labelled:
+            return f"{name}_{{{self.index}}}"
+        return name
 
     def call(self, node: CallNode) -> None:
         cls = self.printer.lowered.layer_class(node.definition)
@@ -173,7 +251,7 @@ class _Body:
             fields.append(f"norm={self.ctx['norm']}")
         if self.printer.uses_train(cls):
             fields.append(f"train={self.ctx['train']}")
-        fields.append(f'name="{node.attr}"')
+        fields.append(f'name="{self._name(node.attr, True)}"')
         self._apply(f"{cls.name}({', '.join(fields)})({self._source()})")
 
     def layer(self, node: LayerNode, name: str) -> None:
@@ -189,6 +267,8 @@ class _Body:
         return self.var if self.started else self.inp
 
     def _apply(self, expression: str) -> None:
+        if self.index is not None:  # names made per part: f-strings
+            expression = re.sub(r'name="([^"]*\{[^"]*)"', r'name=f"\1"', expression)
         self.lines.append(f"{self.var} = {expression}")
         self.started = True
 

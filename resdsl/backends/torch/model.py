@@ -5,14 +5,17 @@ decides nothing about the network."""
 
 from __future__ import annotations
 
+import re
 from itertools import takewhile
 
 from ...analysis import Analysis
 from ...forms import (
     BlockClass,
     CallNode,
+    EachNode,
     Form,
     GroupNode,
+    KeepNode,
     LayerNode,
     LetNode,
     WhenNode,
@@ -20,7 +23,7 @@ from ...forms import (
     walk,
 )
 from ...lower import Add, Lowered
-from ...names import Namespace
+from ...names import Namespace, python_name
 from ...quoting import code_text
 from ...symbolic import Named, Var, apply, literal, negated, symbolic, text
 from ..common import (
@@ -34,7 +37,7 @@ from ..common import (
 )
 
 # Layers that return their input itself in some mode: what follows them may not work in place.
-ALIASING = {"identity", "dropout", "drop_path"}
+ALIASING = {"identity", "dropout", "drop_path", "split", "concat"}
 
 
 def _kw(name: str, value, default, spell) -> str:
@@ -130,32 +133,68 @@ MODULES = {
         "AvgPool2d",
         a,
         spell,
-        (", ceil_mode=True" if a["ceil"] is True else "") + ", count_include_pad=False",
+        (", ceil_mode=True" if a["ceil"] is True else "")
+        + ("" if a["count_include_pad"] is True else ", count_include_pad=False"),
     ),  # fmt: skip
     "global_avg_pool": lambda p, a, spell: "nn.AdaptiveAvgPool2d(1)",
     "dropout": lambda p, a, spell: f"nn.Dropout(p={text(a['p'], spell)})",
     "drop_path": _drop_path,
-    "multiply": None,  # a gate: `x * out` in forward
+    "multiply": None,  # `x * out` in forward
+    "add": None,
+    "split": None,
+    "concat": None,
+    "sum": None,
+    "softmax": None,
     "identity": lambda p, a, spell: "nn.Identity()",
     "pad_channels": _pad_channels,
 }
-# kind -> how forward applies it to `v` (x: the block's input) when it is not `self.NAME(v)`
+
+
+def _split(v: str, a: dict, spell) -> str:
+    parts, groups = text(a["parts"], spell), a["groups"]
+    if groups == 1:
+        return f"{v}.unflatten(1, ({parts}, -1))"
+    # G groups of N parts each -> N parts of G groups
+    return f"{v}.unflatten(1, ({text(groups, spell)}, {parts}, -1)).transpose(1, 2).flatten(2, 3)"
+
+
+# the axes of a value: [N, C, H, W], or [N, PARTS, C, H, W] once split
+SUMS = {"parts": "{v}.sum(1)", "positions": "{v}.sum((-2, -1), keepdim=True)",
+        "channels": "{v}.sum(-3, keepdim=True)"}  # fmt: skip
+SOFTMAXES = {"parts": "{v}.softmax(1)", "positions": "{v}.flatten(-2).softmax(-1).view_as({v})",
+             "channels": "{v}.softmax(-3)"}  # fmt: skip
+
+# kind -> how forward applies it to `v` (x: the block's input; a: the layer's arguments, and
+# "split": whether the value has a parts axis; spell: the class's names) when it is not
+# `self.NAME(v)`
 FORWARD = {
-    "global_avg_pool": lambda v, x, attr: f"{v}.mean((2, 3), keepdim=True)",
-    "multiply": lambda v, x, attr: f"{x} * {v}",
-    "linear": lambda v, x, attr: f"self.{attr}({v}.movedim(1, -1)).movedim(-1, 1)",
+    "global_avg_pool": lambda v, x, attr, a, spell: (
+        f"{v}.mean((-2, -1), keepdim=True)" if a["split"] else f"{v}.mean((2, 3), keepdim=True)"
+    ),
+    "multiply": lambda v, x, attr, a, spell: (
+        f"{x if a['value'] == 'input' else python_name(a['value'])} * {v}"
+    ),
+    "add": lambda v, x, attr, a, spell: (
+        f"{v} + {x if a['value'] == 'input' else python_name(a['value'])}"
+    ),
+    "linear": lambda v, x, attr, a, spell: f"self.{attr}({v}.movedim(1, -1)).movedim(-1, 1)",
     # the channels as a sequence of one feature: [N, C, 1, 1] -> [N, 1, C] -> [N, C, 1, 1]
-    "channel_conv": lambda v, x, attr: (
+    "channel_conv": lambda v, x, attr, a, spell: (
         f"self.{attr}({v}.view({v}.shape[0], 1, -1)).view({v}.shape[0], -1, 1, 1)"
     ),
+    "split": lambda v, x, attr, a, spell: _split(v, a, spell),
+    "concat": lambda v, x, attr, a, spell: f"{v}.flatten(1, 2)",
+    "sum": lambda v, x, attr, a, spell: SUMS[a["axis"]].format(v=v),
+    "softmax": lambda v, x, attr, a, spell: SOFTMAXES[a["axis"]].format(v=v),
 }
-FORWARD_ONLY = ("global_avg_pool", "multiply")  # no module
+FORWARD_ONLY = ("global_avg_pool", "multiply", "add", "split", "concat", "sum", "softmax")
 
 
 class _Body:
     """A form's nodes as `self.NAME = ...` lines and forward lines."""
 
-    def __init__(self, printer: TorchModel, spell, var: str, inp: str, started: bool = False):
+    def __init__(self, printer: TorchModel, spell, var: str, inp: str, started: bool = False,
+                 index: str | None = None, count: str = ""):  # fmt: skip
         self.printer, self.spell = printer, spell
         self.var, self.inp = var, inp  # the value being computed, and the block's input
         self.started = started
@@ -164,7 +203,10 @@ class _Body:
         self.attrs: dict[str, str] = {}  # attribute -> its constructor
         self.shared: set[str] = set()  # attributes that read the input: never in place
         self.forward: list[str] = []
+        self.kinds: list[str | None] = []  # the kind each forward line applies (None: none)
         self.zero_init: list[str] = []
+        self.index, self.count = index, count  # inside `each`: named layers are lists
+        self.split = False  # the value has a parts axis
 
     def nodes(self, nodes) -> _Body:
         for node in nodes:
@@ -176,8 +218,15 @@ class _Body:
                 self.group(node)
             elif isinstance(node, CallNode):
                 self.call(node)
+            elif isinstance(node, KeepNode):
+                self._line(f"{python_name(node.name)} = {self._source()}")
+                self.fresh = False  # what follows must not change it in place
+            elif isinstance(node, EachNode):
+                self.each(node)
+            elif isinstance(node, WhenNode):
+                self.optional(node)
             elif type(node).__name__ in ("BranchNode", "AddNode"):
-                self.forward.append(type(node).__name__)
+                self._line(type(node).__name__)
         return self
 
     def init(self) -> list[str]:
@@ -203,16 +252,21 @@ class _Body:
     def layer(self, node: LayerNode) -> None:
         if node.args.get("zero_init") is True:  # a norm's scale (gamma), zero at the start
             self.zero_init.append(node.attr)
+        ref = self._ref(node.attr, node.labelled)
         if node.kind not in FORWARD_ONLY:
             if node.kind == "conv" and self.started and self.forward:
-                self.forward.append("")
-            self._assign(node.attr, self.module(node))
+                self._line("")
+            self._assign(node.attr, self.module(node), node.labelled)
             if not self.fresh:
                 self.shared.add(node.attr)
         apply = FORWARD.get(node.kind)
         source = self._source()
-        self._apply(apply(source, self.inp, node.attr) if apply else
-                    f"self.{node.attr}({source})", node.kind)  # fmt: skip
+        self._apply(apply(source, self.inp, ref, dict(node.args, split=self.split), self.spell)
+                    if apply else f"self.{ref}({source})", node.kind)  # fmt: skip
+        if node.kind == "split":
+            self.split = True
+        elif node.kind == "concat" or (node.kind == "sum" and node.args["axis"] == "parts"):
+            self.split = False
 
     def group(self, node: GroupNode) -> None:
         parts = []
@@ -221,27 +275,76 @@ class _Body:
                 self.let(inner)
             else:
                 parts.append(self.module(inner))
-        self._assign(node.attr, "nn.Sequential(" + ", ".join(parts) + ")")
-        self._apply(f"self.{node.attr}({self._source()})", "group")
+        self._assign(node.attr, "nn.Sequential(" + ", ".join(parts) + ")", True)
+        self._apply(f"self.{self._ref(node.attr, True)}({self._source()})", "group")
 
     def call(self, node: CallNode) -> None:
         cls = self.printer.lowered.layer_class(node.definition)
         args = [text(node.inp, self.spell)]
         args += [f"{cls.spelling[name]}={text(node.args[name], self.spell)}"
                  for name in cls.variables]  # fmt: skip
-        self._assign(node.attr, f"{cls.name}({', '.join(args)})")
-        self._apply(f"self.{node.attr}({self._source()})", "block")
+        self._assign(node.attr, f"{cls.name}({', '.join(args)})", True)
+        self._apply(f"self.{self._ref(node.attr, True)}({self._source()})", "block")
 
-    def _assign(self, attr: str, constructor: str) -> None:
+    def each(self, node: EachNode) -> None:
+        """`each`: a loop over the parts; the layers named inside are nn.ModuleLists."""
+        index = python_name(node.name)
+
+        def spell(name: str) -> str:
+            return index if name == node.name else self.spell(name)
+
+        inner = _Body(self.printer, spell, "part", "part", True, index, text(node.count, spell))
+        inner.nodes(node.nodes)
+        for what, value in inner.tokens:
+            if what == "attr":
+                if value in inner.shared:
+                    self.shared.add(value)
+                self._assign(value, inner.attrs[value])
+        self.zero_init += inner.zero_init
+        numbered = any(re.search(rf"\b{index}\b", line) for line in inner.forward)
+        loop = (f"for {index}, part in enumerate({self._source()}.unbind(1)):" if numbered
+                else f"for part in {self._source()}.unbind(1):")  # fmt: skip
+        if self.started and self.forward:
+            self._line("")
+        self._line("parts = []")
+        self._line(loop)
+        for line in inner.forward:
+            self._line(f"    {line}" if line else "")
+        self._line("    parts.append(part)")
+        self._apply("torch.stack(parts, 1)", "each")
+        self._line("")
+
+    def optional(self, node: WhenNode) -> None:
+        """An `if` around one pool: the attribute holds it or None (timm's `avd_last`)."""
+        layer = node.then[0]
+        condition = text(node.condition, self.spell)
+        self._assign(layer.attr, f"{self.module(layer)} if {condition} else None")
+        self._line(f"if self.{layer.attr} is not None:")
+        self._line(f"    {self.var} = self.{layer.attr}({self._source()})", layer.kind)
+        self.started = True
+
+    def _ref(self, attr: str, labelled: bool) -> str:
+        """How forward reads a layer: `name`, or `name[i]` for a list inside `each`."""
+        return f"{attr}[{self.index}]" if self.index is not None and labelled else attr
+
+    def _assign(self, attr: str, constructor: str, labelled: bool = False) -> None:
         if attr not in self.attrs:
+            if self.index is not None and labelled:  # one layer per part
+                numbered = re.search(rf"\b{self.index}\b", constructor)
+                constructor = (f"nn.ModuleList([{constructor} for {self.index if numbered else '_'} "
+                               f"in range({self.count})])")  # fmt: skip
             self.attrs[attr] = constructor
             self.tokens.append(("attr", attr))
 
     def _source(self) -> str:
         return self.var if self.started else self.inp
 
+    def _line(self, line: str, kind: str | None = None) -> None:
+        self.forward.append(line)
+        self.kinds.append(kind)
+
     def _apply(self, expression: str, kind: str) -> None:
-        self.forward.append(f"{self.var} = {expression}")
+        self._line(f"{self.var} = {expression}", kind)
         self.started = True
         self.fresh = self.fresh or kind not in ALIASING
 
@@ -279,8 +382,7 @@ class TorchModel:
         if cls.residual and not branched:
             lines += ["identity = x", ""]
         applied: list[str] = []  # the kinds of the layers applied so far
-        kinds = iter(_applied_kinds(cls))
-        for line in body.forward:
+        for line, kind in zip(body.forward, body.kinds, strict=True):
             if line in ("BranchNode", "AddNode") and not cls.residual:
                 continue
             if line == "BranchNode":
@@ -305,8 +407,8 @@ class TorchModel:
                     lines.append("out += identity")
             else:
                 lines.append(line)
-                if line:
-                    applied.append(next(kinds))
+                if kind is not None:
+                    applied.append(kind)
         if not applied:
             lines.append("out = x")
         lines.append("return out")
@@ -360,17 +462,6 @@ def signature(cls: BlockClass) -> list[str]:
     defaulted = [typed(n) for n in rest if n in cls.defaults]
     required = [typed(n) for n in rest if n not in cls.defaults]
     return ["inplanes: int", *first, *defaulted, *(["*", *required] if required else [])]
-
-
-def _applied_kinds(cls: BlockClass) -> list[str]:
-    """The kinds of the nodes that forward applies, in order."""
-    kinds = []
-    for node in cls.form.nodes:
-        if isinstance(node, LayerNode):
-            kinds.append(node.kind)
-        elif isinstance(node, GroupNode | CallNode):
-            kinds.append("group")
-    return kinds
 
 
 def speller_of_shortcut(form: Form, own: dict[str, str]):
