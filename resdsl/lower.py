@@ -54,6 +54,7 @@ class Layer(NamedTuple):
     params: int
     macs: int
     source: object = None
+    parts: int | None = None  # the parts of its output, when it is split (`out` is one part's)
 
 
 class Group(NamedTuple):
@@ -769,7 +770,8 @@ class _Build:
         self.size += 1
         inp, self.shape = self.shape, out
         return Layer(node.attr if node.labelled else None, node.kind, args, inp, out,
-                     kind.params(args, inp, out), kind.macs(args, inp, out), node.source)  # fmt: skip
+                     kind.params(args, inp, out), kind.macs(args, inp, out), node.source,
+                     self.parts)  # fmt: skip
 
     def combined(self, kind, args: dict) -> Shape | None:
         """`multiply NAME` / `add NAME`: the value and a kept one (or the input), broadcast

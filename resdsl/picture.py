@@ -16,8 +16,9 @@ from pathlib import Path
 
 from .analysis import Analysis
 from .cli.show import FOLD_LIMIT, FORMATS, PER_LAYER_LIMIT
-from .lower import Add, Block, Group, Layer
-from .table import runs, shortcut_style
+from .layers import KINDS
+from .lower import Add, Block, Each, Group, Keep, Layer
+from .table import runs, short, shortcut_style
 
 
 class ShowError(Exception):
@@ -38,8 +39,9 @@ DRAWN = ("conv", "max_pool", "avg_pool", "global_avg_pool", "linear")
 class Box:
     text: str
     colour: int  # -1: stem and head, else the stage's index
-    small: bool = False  # a block used as a layer (an SE gate)
+    small: bool = False  # a block used as a layer (an SE gate), an attention, a split
     stack: int = 1  # blocks folded into it
+    row: tuple[str, ...] = ()  # the parts of `each`, side by side (then `text` is unused)
 
 
 @dataclass
@@ -59,15 +61,67 @@ class Figure:
 
 
 def _layer_boxes(block: Block, colour: int) -> list[Box]:
-    boxes = []
-    for item in block.items:
-        layers = item.layers if isinstance(item, Group) else (item,)
-        for layer in layers:
+    return _boxes(block.items, colour)
+
+
+def _boxes(items, colour: int) -> list[Box]:
+    """The boxes of a block's items: convolutions, pools and fcs; a split and a join of parts;
+    the parts of `each` side by side; an attention (the layers from a kept value to the
+    `multiply` or `add` that reads it) as one small box; a block used as a layer drawn open
+    when it is on the path (it has convolutions there, or splits), else as a small box (a
+    gate)."""
+    boxes: list[Box] = []
+    kept = {"input": 0}
+    for item in items:
+        if isinstance(item, Keep):
+            kept[item.name] = len(boxes)
+            continue
+        if isinstance(item, Layer) and KINDS[item.kind].gate:
+            name = item.args["value"]
+            start = kept.get(name, len(boxes))
+            if start < len(boxes):  # what computed the weights: beside the path
+                sign = "\u00d7" if item.kind == "multiply" else "+"
+                boxes[start:] = [Box(f"attention, {sign} {name}", colour, small=True)]
+            continue
+        for layer in item.layers if isinstance(item, Group) else (item,):
             if isinstance(layer, Layer) and layer.kind in DRAWN:
                 boxes.append(Box(_box_text(layer), colour))
+            elif isinstance(layer, Layer) and layer.kind in PARTS:
+                boxes.append(Box(PARTS[layer.kind](layer.args), colour, small=True))
+            elif isinstance(layer, Each):
+                row = tuple(" \u00b7 ".join(_texts(part)) or "identity" for part in layer.parts)
+                boxes.append(Box("", colour, row=row))
+            elif isinstance(layer, Block) and (layer.depth or _splits(layer)):
+                boxes += _boxes(layer.items, colour)  # drawn open: it is on the path
             elif isinstance(layer, Block):
                 boxes.append(Box(f"{layer.name}: {layer.definition}", colour, small=True))
     return boxes
+
+
+# the layers that make and join parts, drawn small
+PARTS = {
+    "split": lambda a: f"split {a['parts']}",
+    "concat": lambda a: "concat",
+    "sum": lambda a: "sum" if a["axis"] == "parts" else f"sum over {a['axis']}",
+}
+
+
+def _texts(items) -> list[str]:
+    """The drawn layers of one part, in short (`3x3/2 conv 128 d2`)."""
+    texts = []
+    for item in items:
+        if isinstance(item, Layer) and item.kind in DRAWN:
+            texts.append(short(item))
+        elif isinstance(item, Block):
+            texts += _texts(item.items)
+        elif isinstance(item, Group):
+            texts += _texts(item.layers)
+    return texts
+
+
+def _splits(block: Block) -> bool:
+    return any(isinstance(item, Each) or (isinstance(item, Layer) and item.kind == "split")
+               for item in block.items)  # fmt: skip
 
 
 def _box_text(layer: Layer) -> str:
@@ -218,6 +272,19 @@ def draw(analysis: Analysis, output: str | Path, input_size: str = "") -> Path:
         y, h = y_of(i), 2 * half(box)
         w = box_w * (0.8 if box.small else 1.0)
         fill = "white" if box.colour < 0 else PALETTE[box.colour % len(PALETTE)]
+        if box.row:  # the parts of `each`, side by side
+            gap = 0.06
+            part_w = (w - gap * (len(box.row) - 1)) / len(box.row)
+            for k, text in enumerate(box.row):
+                x0 = cx - w / 2 + k * (part_w + gap)
+                ax.add_patch(FancyBboxPatch((x0, y - h / 2), part_w, h, boxstyle=rounded,
+                                            facecolor=fill, edgecolor=ink, lw=0.8))  # fmt: skip
+                ax.text(x0 + part_w / 2, y, text, ha="center", va="center",
+                        fontsize=font - 1.5 - (len(box.row) > 2))  # fmt: skip
+            if i + 1 < n:
+                ax.add_patch(FancyArrowPatch((cx, y - h / 2), (cx, y_of(i + 1) + half(
+                    boxes[i + 1])), mutation_scale=6, lw=0.7, **arrow))  # fmt: skip
+            continue
         for k in range(min(box.stack, 3) - 1, -1, -1):  # a folded box: a small stack
             corner = (cx - w / 2 + 0.04 * k, y - h / 2 - 0.04 * k)
             ax.add_patch(

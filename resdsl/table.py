@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from .analysis import Analysis, cost
 from .layers import KINDS
-from .lower import Add, Block, Group, Layer, Shortcut
+from .lower import Add, Block, Each, Group, Layer, Shortcut
 
 # --- short forms ---------------------------------------------------------------------------
 
@@ -54,6 +54,10 @@ def block_text(block: Block) -> str:
             parts.extend(short(layer) for layer in item.layers if layer.kind != "identity")
         elif isinstance(item, Block):
             parts.append(f"{item.name}: {item.definition}")
+        elif isinstance(item, Each):
+            inner = [f"{x.name}: {x.definition}" if isinstance(x, Block) else short(x)
+                     for x in item.parts[0] if isinstance(x, Layer | Block)]  # fmt: skip
+            parts.append(f"each of {len(item.parts)} parts [{', '.join(inner)}]")
         elif isinstance(item, Add):
             parts.append("add")
     return ", ".join(parts)
@@ -198,9 +202,18 @@ def _count(params: int) -> str:
 def _layer_rows(rows: list, label: str, block: Block, times: int, drop: str | None = None):
     def emit(name: str, layer: Layer) -> None:
         kind = drop if drop and layer.kind == "drop_path" else short(layer)
-        rows.append((name, kind, shape_text(layer.out), _count(layer.params * times)))
+        shape = (layer.parts, *layer.out) if layer.parts is not None else layer.out
+        rows.append((name, kind, shape_text(shape), _count(layer.params * times)))
 
     for item in block.items:
+        if isinstance(item, Each):  # part i's layers: NAME.i (a list per name)
+            for i, part in enumerate(item.parts):
+                for inner in part:
+                    if isinstance(inner, Block):
+                        _layer_rows(rows, f"{label}.{inner.name}.{i}", inner, times)
+                    elif isinstance(inner, Layer):
+                        emit(f"{label}.{inner.name}.{i}" if inner.name else label, inner)
+            continue
         if isinstance(item, Layer):
             emit(f"{label}.{item.name}" if item.name else label, item)
         elif isinstance(item, Group):
