@@ -171,3 +171,39 @@ def guard(form: Form) -> tuple[tuple, WhenNode] | None:
     ):
         return tuple(lets), last
     return None
+
+
+def each_lists(node: EachNode) -> dict[str, object]:
+    """The layers named inside `each` (lists, one layer per part) -> how many parts hold one:
+    the count of parts, or N where they sit under `if`s on the part's number that hold for the
+    first N parts (Res2Net's `if i < scale - 1`); None where the `if`s hold for other parts, or
+    read values other than the part's number."""
+    from .symbolic import EvalError, apply, concrete, constant, symbolic
+
+    def size(conditions: tuple):
+        if not conditions:
+            return node.count
+        count = constant(node.count)
+        if symbolic(count):
+            return None
+        held = []
+        for i in range(count):
+            try:
+                held.append(all(concrete(c, {node.name: i}) is True for c in conditions))
+            except EvalError:
+                return None
+        first = sum(held)
+        return first if held == [True] * first + [False] * (count - first) else None
+
+    sizes: dict[str, object] = {}
+
+    def visit(nodes, conditions: tuple) -> None:
+        for n in nodes:
+            if isinstance(n, WhenNode):
+                visit(n.then, (*conditions, n.condition))
+                visit(n.otherwise, (*conditions, apply("not", n.condition)))
+            elif isinstance(n, CallNode | GroupNode) or (isinstance(n, LayerNode) and n.labelled):
+                sizes[n.attr] = size(conditions)
+
+    visit(node.nodes, ())
+    return sizes

@@ -500,6 +500,12 @@ class _Run:
                            "definition's input", at=st)  # fmt: skip
                 return None
             other, parts = state.inplanes, None
+        elif name == "previous":
+            if not state.each:
+                self.error(f"`{kind.name} previous` reads the part before this one: it belongs "
+                           "inside `each`", at=st)  # fmt: skip
+                return None
+            return state.channels  # the parts of `each` come out alike: checked per block
         elif name in state.kept:
             other, parts = state.kept[name]
         else:
@@ -531,8 +537,8 @@ class _Run:
             return
         name = st.arg.name
         problem = value_problem(name)
-        if problem is None and name in ("input", "shortcut"):
-            problem = f"`{name}` names the {'input' if name == 'input' else 'shortcut'} already"
+        if problem is None and name in ("input", "shortcut", "previous"):
+            problem = f"`{name}` names the {name} already"
         if problem is None and (name in state.env or name in state.kept):
             problem = f"`{name}` is already defined here"
         if problem:

@@ -33,6 +33,7 @@ from .forms import (
     LayerNode,
     LetNode,
     WhenNode,
+    each_lists,
     guard,
     walk,
 )
@@ -472,28 +473,45 @@ class Lowering:
             )
             return False
         for node in walk(form.nodes):
+            if isinstance(node, EachNode) and role == "block":
+                unknown = [attr for attr, size in each_lists(node).items() if size is None]
+                if unknown:
+                    self.report.error(
+                        f"{where.context}{definition.kind} `{definition.name}`, each "
+                        f"({place(node.source.span)}): `{unknown[0]}` is under an `if` that does "
+                        "not choose the first parts",
+                        where.span,
+                        f"a layer named inside `each` is a list: put it under `if "
+                        f"{node.name} < N` (the first N parts), or name it outside `each`",
+                    )
+                    return False
             if not isinstance(node, WhenNode):
                 continue
             guarded = guard(form)
             whole = role == "shortcut" and guarded is not None and guarded[1] is node
             single = role == "shortcut" and len(node.then) == 1 == len(node.otherwise) and all(
                 isinstance(n, LayerNode) for n in (*node.then, *node.otherwise))  # fmt: skip
-            if whole or single or (role == "block" and optional_pool(node)):
+            if whole or single:
                 continue
             condition = text(node.condition)
-            if role == "shortcut":
+            if role == "block":  # the class holds what either side builds; forward chooses
+                inside = [n for n in walk((*node.then, *node.otherwise))
+                          if isinstance(n, AddNode | BranchNode | EachNode | KeepNode)]  # fmt: skip
+                if not inside:
+                    continue
+                what = {AddNode: "`add shortcut`", BranchNode: "`branch`", EachNode: "`each`",
+                        KeepNode: "`keep`"}[type(inside[0])]  # fmt: skip
+                message = (
+                    f"an `if` of {definition.kind} `{definition.name}` ({place(node.source.span)}) "
+                    f"on `{condition}`, which differs between its blocks, holds {what}"
+                )  # fmt: skip
+                hint = f"keep {what} outside the `if` (or write two blocks)"
+            else:
                 message = (
                     f"shortcut `{definition.name}`: an `if` on `{condition}` ({place(node.source.span)}) "
                     "must hold the whole shortcut, or choose between one layer and another"
                 )  # fmt: skip
                 hint = "use `identity` to hold a place (as shortcut D does)"
-            else:
-                message = (
-                    f"an `if` of {definition.kind} `{definition.name}` ({place(node.source.span)}) "
-                    f"depends on `{condition}`, which differs between its blocks"
-                )  # fmt: skip
-                hint = ("write two blocks instead (or give the value per stage); an `if` may hold "
-                        "one pool alone (ResNeSt's `avd_last`)")  # fmt: skip
             self.report.error(f"{where.context}{message}", where.span, hint)
             return False
         return True
@@ -777,6 +795,9 @@ class _Build:
         """`multiply NAME` / `add NAME`: the value and a kept one (or the input), broadcast
         where one has 1 channel or a 1x1 map."""
         name = args["value"]
+        if name == "previous" and name not in self.kept:
+            raise LayerError("`add previous` in part 0, which has no part before it",
+                             "write it under `if i > 0` (i: the part's number)")  # fmt: skip
         other = self.input if name == "input" else self.kept[name][0]
         out = _broadcast(self.shape, other)
         if out is None:
@@ -795,6 +816,9 @@ class _Build:
         built, shapes = [], []
         for i in range(parts):
             self.shape, self.parts = start, None
+            self.kept.pop("previous", None)
+            if shapes:  # `add previous` reads the part before
+                self.kept["previous"] = (shapes[-1], None)
             inner: list = []
             self.nodes(node.nodes, dict(env, **{node.name: i}), inner)
             if self.failed:
@@ -809,6 +833,7 @@ class _Build:
             return
         items.append(Each(node.name, tuple(built), start, self.shape))
         self.parts = parts
+        self.kept.pop("previous", None)
 
     def call(self, node: CallNode, env: dict, items: list) -> None:
         lowering = self.lowering
@@ -861,15 +886,6 @@ class _Build:
             return
         shortcut = Shortcut(name, tuple(layers), self.input, built.shape) if layers else None
         items.append(Add(shortcut, built.shape))
-
-
-def optional_pool(node: WhenNode) -> bool:
-    """An `if` around one pool and nothing else, in a block: the class holds the pool or None
-    (as timm's ResNeSt holds `avd_last`)."""
-    if node.otherwise or len(node.then) != 1 or not isinstance(node.then[0], LayerNode):
-        return False
-    kind = KINDS[node.then[0].kind]
-    return kind.kernel and not kind.weighted
 
 
 def class_name(definition: str, residual: bool, defined_residual: bool) -> str:

@@ -305,13 +305,16 @@ network net {
         load_spec(write(tmp_path, "net.res", text))
 
 
-def test_an_if_on_a_value_that_differs_between_blocks_is_found_by_check(tmp_path):
+def test_an_if_on_a_value_that_differs_between_blocks_is_chosen_in_forward(tmp_path):
+    """The class holds what either side builds (None where it is not built), and forward reads
+    the value from what the constructor kept of it."""
     text = """
 block odd(planes, stride = 1) {
     conv1: conv 3x3 planes, stride stride
     bn1:   batchnorm
     if stride == 2 {
-        relu
+        act: relu
+        proj: conv 1x1 planes
     }
 }
 
@@ -324,8 +327,40 @@ network n {
     stage: 1 x 32, stride 2
 }
 """
+    module, analysis = torch_model(tmp_path, write(tmp_path, "odd.res", text), "odd")
+    model = module.build_model().eval()
+    first, second = model.layer1[0], model.layer2[0]
+    assert first.proj is None and isinstance(second.proj, torch.nn.Conv2d)
+    assert sum(p.numel() for p in model.parameters()) == analysis.params
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(first(x), first.bn1(first.conv1(x)))
+        assert torch.equal(second(x), second.proj(torch.relu(second.bn1(second.conv1(x)))))
+
+
+def test_an_if_that_holds_the_add_is_refused(tmp_path):
+    text = """
+block odd(planes, stride = 1) {
+    conv1: conv 3x3 planes, stride stride
+    if stride == 2 {
+        add shortcut
+    }
+}
+
+network n {
+    input 3x16x16
+    classes 2
+    stem cifar
+    block odd
+    shortcut B
+    stage: 1 x 16
+    stage: 1 x 32, stride 2
+}
+"""
     report = check(write(tmp_path, "odd.res", text))
-    assert "depends on `stride == 2`, which differs between its blocks" in report.render()
+    assert "on `stride == 2`, which differs between its blocks, holds `add shortcut`" in (
+        report.render()
+    )
     assert all(d.span is not None for d in report.diagnostics)
 
 
@@ -375,7 +410,8 @@ def test_max_and_min_in_values(tmp_path):
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("floor(16, 8)", "unknown function `floor`"),
+        ("round(16)", "unknown function `round`"),
+        ("floor(16, 8)", "`floor` takes one value"),
         ("max(16)", "`max` needs two values or more"),
     ],
 )

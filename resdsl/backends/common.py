@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .. import ir
 from ..analysis import Analysis
-from ..forms import AddNode, BlockClass, CallNode, EachNode, GroupNode, LayerNode, walk
+from ..forms import AddNode, BlockClass, CallNode, EachNode, GroupNode, LayerNode, WhenNode, walk
 from ..layers import KINDS
 from ..lower import Block, Group, Lowered
 from ..quoting import code_text
@@ -75,12 +75,18 @@ def class_doc(cls: BlockClass) -> str:
     return text
 
 
+def _parts(nodes) -> str:
+    return ", ".join(p for p in map(_part, nodes) if p)
+
+
 def _part(node) -> str:
     if isinstance(node, GroupNode):
         return node.attr
     if isinstance(node, EachNode):
-        inner = ", ".join(p for p in map(_part, node.nodes) if p)
-        return f"on each part [{inner}]"
+        return f"on each part [{_parts(node.nodes)}]"
+    if isinstance(node, WhenNode):  # an `if` on a value of the block: what either side does
+        sides = [_parts(side) for side in (node.then, node.otherwise)]
+        return " or ".join(f"({side})" if ", " in side else side for side in sides if side)
     if isinstance(node, CallNode):
         return f"{node.attr} ({node.definition.replace('_', ' ')})"
     if isinstance(node, LayerNode):

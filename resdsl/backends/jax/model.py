@@ -26,7 +26,7 @@ from ...layers import KINDS
 from ...lower import Lowered
 from ...names import python_name
 from ...quoting import code_text
-from ...symbolic import apply, literal, symbolic, text
+from ...symbolic import apply, literal, negated, symbolic, text
 from ..common import annotation, class_doc, module_doc, speller, stage_extras, stem_description
 
 
@@ -137,7 +137,14 @@ def _split(a: dict, v: str, ctx: dict) -> str:
             f".swapaxes(-3, -2).reshape(*{v}.shape[:-1], {parts}, -1)")  # fmt: skip
 
 
+def _concat(node) -> bool:
+    return isinstance(node, LayerNode) and node.kind == "concat"
+
+
 def _value(a: dict, ctx: dict) -> str:
+    """A value `multiply` and `add` read: the input, the part before (in `each`), or a kept one."""
+    if a["value"] == "previous":
+        return "parts[-1]"
     return ctx["input"] if a["value"] == "input" else python_name(a["value"])
 
 
@@ -189,7 +196,10 @@ class _Body:
         self.index: str | None = None  # inside `each`: the part's number
 
     def nodes(self, nodes) -> list[str]:
-        for node in nodes:
+        nodes = list(nodes)
+        for number, node in enumerate(nodes):
+            if number and isinstance(nodes[number - 1], EachNode) and _concat(node):
+                continue  # joined by the `each` before it
             if isinstance(node, LetNode):
                 self.lines.append(f"{self.spell(node.name)} = {text(node.value, self.spell)}")
             elif isinstance(node, LayerNode):
@@ -207,18 +217,39 @@ class _Body:
             elif isinstance(node, KeepNode):
                 self.lines.append(f"{python_name(node.name)} = {self._source()}")
             elif isinstance(node, EachNode):
-                self.each(node)
-            elif isinstance(node, WhenNode):  # an `if` around one pool
-                layer = node.then[0]
-                self.lines.append(f"if {text(node.condition, self.spell)}:")
-                self.lines.append(f"    {self.var} = " + CALLS[layer.kind](
-                    self.printer, layer.args, self._source(), layer.attr, self.ctx))  # fmt: skip
-                self.started = True
+                following = nodes[number + 1] if number + 1 < len(nodes) else None
+                self.each(node, joined=_concat(following))
+            elif isinstance(node, WhenNode):
+                self.when(node)
             elif type(node).__name__ in ("BranchNode", "AddNode"):
                 self.lines.append(type(node).__name__)
         return self.lines
 
-    def each(self, node: EachNode) -> None:
+    def when(self, node: WhenNode) -> None:
+        """An `if` on a value of the block (or the part's number, inside `each`)."""
+        if not self.started:  # a side that builds nothing leaves the input
+            self.lines.append(f"{self.var} = {self.inp}")
+            self.started = True
+        sides = []
+        for nodes in (node.then, node.otherwise):
+            side = _Body(self.printer, self.ctx, self.var, self.inp, started=True)
+            side.index = self.index
+            sides.append(side.nodes(nodes))
+        then, otherwise = sides
+        if then:
+            self.lines.append(f"if {text(node.condition, self.spell)}:")
+            self.lines += [f"    {line}" if line else "" for line in then]
+            if len(node.otherwise) == 1 and isinstance(node.otherwise[0], WhenNode) and (
+                    otherwise and otherwise[0].startswith("if ")):  # fmt: skip
+                self.lines += ["el" + otherwise[0], *otherwise[1:]]  # else: if ... -> elif ...
+                return
+            if otherwise:
+                self.lines.append("else:")
+        elif otherwise:
+            self.lines.append(f"if {text(negated(node.condition), self.spell)}:")
+        self.lines += [f"    {line}" if line else "" for line in otherwise]
+
+    def each(self, node: EachNode, joined: bool = False) -> None:
         """`each`: a loop over the parts; a layer named NAME inside is NAME_0, NAME_1, ..."""
         index = python_name(node.name)
 
@@ -234,7 +265,7 @@ class _Body:
                        f"    part = {self._source()}[..., {index}, :]"]  # fmt: skip
         self.lines += [f"    {line}" if line else "" for line in inner.lines]
         self.lines.append("    parts.append(part)")
-        self._apply("jnp.stack(parts, axis=-2)")
+        self._apply("jnp.concatenate(parts, axis=-1)" if joined else "jnp.stack(parts, axis=-2)")
         self.lines.append("")
 
     def _name(self, name: str, labelled: bool) -> str:

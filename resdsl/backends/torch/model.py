@@ -19,6 +19,7 @@ from ...forms import (
     LayerNode,
     LetNode,
     WhenNode,
+    each_lists,
     guard,
     walk,
 )
@@ -158,6 +159,38 @@ def _split(v: str, a: dict, spell) -> str:
     return f"{v}.unflatten(1, ({text(groups, spell)}, {parts}, -1)).transpose(1, 2).flatten(2, 3)"
 
 
+def _chained(node: WhenNode, lines: list[str]) -> bool:
+    """The `else` side of `node` is one `if` of its own (printed as `elif`)."""
+    return (len(node.otherwise) == 1 and isinstance(node.otherwise[0], WhenNode)
+            and bool(lines) and lines[0].startswith("if "))  # fmt: skip
+
+
+def _without(condition, name: str):
+    """`condition` less the terms joined by `and` that read `name` (None: nothing is left)."""
+    terms = []
+
+    def split(value) -> None:
+        if getattr(value, "op", None) == "and":
+            for arg in value.args:
+                split(arg)
+        else:
+            terms.append(value)
+
+    split(condition)
+    kept = [term for term in terms if not re.search(rf"\b{name}\b", text(term))]
+    if not kept:
+        return None
+    result = kept[0]
+    for term in kept[1:]:
+        result = apply("and", result, term)
+    return result
+
+
+def _kept(name: str, x: str) -> str:
+    """A value `multiply` and `add` read: the input, the part before (in `each`), or a kept one."""
+    return x if name == "input" else "parts[-1]" if name == "previous" else python_name(name)
+
+
 # the axes of a value: [N, C, H, W], or [N, PARTS, C, H, W] once split
 SUMS = {"parts": "{v}.sum(1)", "positions": "{v}.sum((-2, -1), keepdim=True)",
         "channels": "{v}.sum(-3, keepdim=True)"}  # fmt: skip
@@ -171,12 +204,8 @@ FORWARD = {
     "global_avg_pool": lambda v, x, attr, a, spell: (
         f"{v}.mean((-2, -1), keepdim=True)" if a["split"] else f"{v}.mean((2, 3), keepdim=True)"
     ),
-    "multiply": lambda v, x, attr, a, spell: (
-        f"{x if a['value'] == 'input' else python_name(a['value'])} * {v}"
-    ),
-    "add": lambda v, x, attr, a, spell: (
-        f"{v} + {x if a['value'] == 'input' else python_name(a['value'])}"
-    ),
+    "multiply": lambda v, x, attr, a, spell: f"{_kept(a['value'], x)} * {v}",
+    "add": lambda v, x, attr, a, spell: f"{v} + {_kept(a['value'], x)}",
     "linear": lambda v, x, attr, a, spell: f"self.{attr}({v}.movedim(1, -1)).movedim(-1, 1)",
     # the channels as a sequence of one feature: [N, C, 1, 1] -> [N, 1, C] -> [N, C, 1, 1]
     "channel_conv": lambda v, x, attr, a, spell: (
@@ -207,9 +236,16 @@ class _Body:
         self.zero_init: list[str] = []
         self.index, self.count = index, count  # inside `each`: named layers are lists
         self.split = False  # the value has a parts axis
+        self.guarded: dict[str, object] = {}  # attribute -> when it exists (else None)
+        self.known: set[str] = set()  # attributes made before (outside an `if` being printed)
+        self.read: set[str] = set()  # values forward reads from attributes (`self.first`)
+        self.sizes: dict[str, str] = {}  # inside `each`: a list -> its length (`each_lists`)
 
     def nodes(self, nodes) -> _Body:
-        for node in nodes:
+        nodes = list(nodes)
+        for number, node in enumerate(nodes):
+            if self._joined(nodes, number):
+                continue
             if isinstance(node, LetNode):
                 self.let(node)
             elif isinstance(node, LayerNode):
@@ -222,15 +258,23 @@ class _Body:
                 self._line(f"{python_name(node.name)} = {self._source()}")
                 self.fresh = False  # what follows must not change it in place
             elif isinstance(node, EachNode):
-                self.each(node)
+                self.each(node, joined=self._joined(nodes, number + 1))
             elif isinstance(node, WhenNode):
-                self.optional(node)
+                self.when(node)
             elif type(node).__name__ in ("BranchNode", "AddNode"):
                 self._line(type(node).__name__)
         return self
 
+    @staticmethod
+    def _joined(nodes: list, number: int) -> bool:
+        """Node `number` is a `concat` right after `each`: one torch.cat does both."""
+        node = nodes[number] if number < len(nodes) else None
+        return (isinstance(node, LayerNode) and node.kind == "concat" and number > 0
+                and isinstance(nodes[number - 1], EachNode))  # fmt: skip
+
     def init(self) -> list[str]:
-        """The constructor lines so far (an activation that reads the input is not in place)."""
+        """The constructor lines so far (an activation that reads the input is not in place; a
+        layer built on one side of an `if` is None on the other)."""
         lines = []
         for what, value in self.tokens:
             if what == "line":
@@ -239,8 +283,12 @@ class _Body:
                 constructor = self.attrs[value]
                 if value in self.shared:
                     constructor = constructor.replace("(inplace=True)", "()")
+                if value in self.guarded:
+                    constructor += f" if {text(self.guarded[value], self.spell)} else None"
                 lines.append(f"self.{value} = {constructor}")
         self.tokens = []
+        lines += [f"self.{name} = {name}" for name in sorted(self.read)]
+        self.read = set()
         return lines
 
     def let(self, node: LetNode) -> None:
@@ -286,7 +334,7 @@ class _Body:
         self._assign(node.attr, f"{cls.name}({', '.join(args)})", True)
         self._apply(f"self.{self._ref(node.attr, True)}({self._source()})", "block")
 
-    def each(self, node: EachNode) -> None:
+    def each(self, node: EachNode, joined: bool = False) -> None:
         """`each`: a loop over the parts; the layers named inside are nn.ModuleLists."""
         index = python_name(node.name)
 
@@ -294,12 +342,19 @@ class _Body:
             return index if name == node.name else self.spell(name)
 
         inner = _Body(self.printer, spell, "part", "part", True, index, text(node.count, spell))
+        inner.sizes = {attr: text(size, spell) for attr, size in each_lists(node).items()}
+        inner.known = set(self.attrs) | self.known
         inner.nodes(node.nodes)
         for what, value in inner.tokens:
             if what == "attr":
                 if value in inner.shared:
                     self.shared.add(value)
+                if value not in self.attrs and value in inner.guarded:
+                    guard = _without(inner.guarded[value], node.name)
+                    if guard is not None:  # a part holds it: the block, where the rest holds
+                        self.guarded[value] = guard
                 self._assign(value, inner.attrs[value])
+        self.read |= inner.read
         self.zero_init += inner.zero_init
         numbered = any(re.search(rf"\b{index}\b", line) for line in inner.forward)
         loop = (f"for {index}, part in enumerate({self._source()}.unbind(1)):" if numbered
@@ -311,28 +366,90 @@ class _Body:
         for line in inner.forward:
             self._line(f"    {line}" if line else "")
         self._line("    parts.append(part)")
-        self._apply("torch.stack(parts, 1)", "each")
+        self._apply(f"torch.{'cat' if joined else 'stack'}(parts, 1)", "each")
+        self.split = not joined
         self._line("")
 
-    def optional(self, node: WhenNode) -> None:
-        """An `if` around one pool: the attribute holds it or None (timm's `avd_last`)."""
-        layer = node.then[0]
-        condition = text(node.condition, self.spell)
-        self._assign(layer.attr, f"{self.module(layer)} if {condition} else None")
-        self._line(f"if self.{layer.attr} is not None:")
-        self._line(f"    {self.var} = self.{layer.attr}({self._source()})", layer.kind)
-        self.started = True
+    def when(self, node: WhenNode) -> None:
+        """An `if` on a value that differs between the class's blocks (or between the parts of
+        `each`): the class holds what either side builds (None where its side is not taken),
+        and forward chooses, reading the value from an attribute (`self.first`)."""
+        if not self.started:  # a side that builds nothing leaves the input
+            self._line(f"{self.var} = {self.inp}")
+            self.started = True
+        condition = node.condition
+        sides = []
+        for nodes in (node.then, node.otherwise):
+            side = _Body(self.printer, self.spell, self.var, self.inp, True, self.index, self.count)
+            side.fresh, side.split, side.read, side.sizes = (self.fresh, self.split, self.read,
+                                                             self.sizes)  # fmt: skip
+            side.known = set(self.attrs) | self.known
+            side.nodes(nodes)
+            sides.append(side)
+        then, otherwise = sides
+        for side, when in ((then, condition), (otherwise, negated(condition))):
+            for what, attr in side.tokens:
+                if what == "line":
+                    self.tokens.append((what, attr))
+                    continue
+                other = (otherwise if side is then else then).attrs.get(attr)
+                if attr in self.attrs:
+                    continue
+                constructor = side.attrs[attr]
+                if other is not None and side is then and other != constructor:
+                    constructor = f"{constructor} if {text(condition, self.spell)} else {other}"
+                self._assign(attr, constructor)
+                if other is None and attr not in self.known:  # built on this side only
+                    inner = side.guarded.get(attr)
+                    self.guarded[attr] = when if inner is None else apply("and", when, inner)
+                elif attr in side.guarded:
+                    self.guarded[attr] = side.guarded[attr]
+            self.shared |= side.shared
+            self.zero_init += [a for a in side.zero_init if a not in self.zero_init]
+            self.read |= side.read
+        single = not node.otherwise and [k for k in then.kinds if k is not None]
+        owned = [a for w, a in then.tokens if w == "attr" and a in self.guarded]
+        if single and len(single) == 1 and len(owned) == 1 and not self.index:
+            test = f"self.{owned[0]} is not None"  # as timm's `if self.avd_last is not None`
+        else:
+            test = text(condition, self._forward_spell)
+        if then.forward:
+            self._line(f"if {test}:")
+            for line in then.forward:
+                self._line(f"    {line}" if line else "")
+            if _chained(node, otherwise.forward):  # else: if ... -> elif ...
+                for line in ["el" + otherwise.forward[0], *otherwise.forward[1:]]:
+                    self._line(line)
+                otherwise.forward = []
+            elif otherwise.forward:
+                self._line("else:")
+        elif otherwise.forward:
+            self._line(f"if {text(negated(condition), self._forward_spell)}:")
+        for line in otherwise.forward:
+            self._line(f"    {line}" if line else "")
+        self.fresh = self.fresh and then.fresh and otherwise.fresh
+
+    def _forward_spell(self, name: str) -> str:
+        """A value forward reads: the part's number, or what the constructor kept of it."""
+        spelled = self.spell(name)
+        if spelled == self.index:
+            return spelled
+        self.read.add(spelled)
+        return f"self.{spelled}"
 
     def _ref(self, attr: str, labelled: bool) -> str:
         """How forward reads a layer: `name`, or `name[i]` for a list inside `each`."""
         return f"{attr}[{self.index}]" if self.index is not None and labelled else attr
 
     def _assign(self, attr: str, constructor: str, labelled: bool = False) -> None:
-        if attr not in self.attrs:
+        if attr in self.attrs:
+            self.guarded.pop(attr, None)  # used where it is always built
+        else:
             if self.index is not None and labelled:  # one layer per part
                 numbered = re.search(rf"\b{self.index}\b", constructor)
+                count = self.sizes.get(attr, self.count)
                 constructor = (f"nn.ModuleList([{constructor} for {self.index if numbered else '_'} "
-                               f"in range({self.count})])")  # fmt: skip
+                               f"in range({count})])")  # fmt: skip
             self.attrs[attr] = constructor
             self.tokens.append(("attr", attr))
 
