@@ -801,6 +801,9 @@ def _whole(value):
 def argument_problem(kind, name: str, value) -> str | None:
     """Why a known `value` does not fit argument `name` of `kind` (None when it does, or when
     it is known per block only)."""
+    if name != "kernel" and kind.options[name].kind == "name" and not isinstance(value, str):
+        return (f"`{kind.name}` takes the name of a value (`input`, or one kept with `keep NAME`), "
+                f"got {_show(text(value) if symbolic(value) else value)}")  # fmt: skip
     value = constant(value)
     if symbolic(value):
         return None
@@ -836,10 +839,6 @@ def argument_problem(kind, name: str, value) -> str | None:
     elif spec.kind == "word":
         if not isinstance(value, Sym) or value not in spec.choices:
             return f"{kind.name}'s {name} must be one of: {', '.join(spec.choices)}"
-    elif spec.kind == "name":
-        if not isinstance(value, str) or isinstance(value, bool):
-            return (f"`{kind.name}` takes the name of a value (`input`, or one kept with "
-                    f"`keep NAME`), got {_show(value)}")  # fmt: skip
     return None
 
 

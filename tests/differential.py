@@ -5,8 +5,10 @@ bench/differential.py thousands).
 Each spec defines blocks (grouped and dilated convolutions, kernel sizes as values, lets computed
 through floats, choices, max, min and log2, numbered groups, dropout, drop path, GroupNorm
 layers, gates that are blocks used as layers (squeeze-and-excitation, or efficient channel
-attention's convolution across channels), branch points, layers named as the generated code
-names its own), maybe a stem and a shortcut, and a network whose stages use them with the
+attention's convolution across channels), the dataflow of split attention, selective kernels,
+Res2Net's chain and global context (split, each, keep, multiply and add of kept values, sums and
+softmaxes over parts and positions, concat), an `if` on the block's stride, branch points,
+layers named as the generated code names its own), maybe a stem and a shortcut, and a network whose stages use them with the
 prelude's shortcuts (and BN or GroupNorm as its norm). For each, `check` passes or gives located
 errors; when it passes, the PyTorch and JAX packages build, count what `summary` counts, and
 give the same logits from the same weights.
@@ -148,13 +150,17 @@ class Generator:
                 body.append(f"       dropout {rng.choice([0.1, 0.25])}")
                 facts["random"] = True
             elif roll < 0.3:
-                pool = rng.choice(["max_pool", "avg_pool"])
-                body.append(f"       {pool} 3x3, stride 1, padding 1")
+                pool = rng.choice(["max_pool", "avg_pool", "avg_pool"])
+                include = ", count_include_pad" if pool == "avg_pool" and rng.random() < 0.5 else ""
+                body.append(f"       {pool} 3x3, stride 1, padding 1{include}")
             elif roll < 0.45:
                 group = label("g")
                 body.append(
                     f"{group}: {{\n        conv 1x1 {w}\n        batchnorm\n        relu\n    }}"
                 )
+            if rng.random() < 0.3:  # dataflow: parts, kept values, an `if` on the block
+                taken = {w, *(p.split(" ")[0] for p in params)}
+                channels_even = self._dataflow(body, w, label, channels_even, taken)
             if gates and rng.random() < 0.35:
                 gate = rng.choice(gates)
                 option = rng.choice(["", ", reduction 2", ", reduction 4 if planes >= 16 else 2"])
@@ -173,6 +179,57 @@ class Generator:
         facts["random"] = facts["random"] or facts["drop_path"]
         text = f"block {name}({', '.join(params)}) {{\n" + _lines(body) + "}\n"
         return name, text, facts
+
+    def _dataflow(self, body: list[str], w: str, label, even: bool, taken: set[str]) -> bool:
+        """One of: the parts of a split, each with layers of its own (a chain of them, as
+        Res2Net's, or a selective kernel's dilations); a global-context attention (a softmax over
+        positions, a kept value multiplied and added); a radix attention (a softmax across the
+        parts); an `if` on the block's stride. The value keeps `w` channels, but after a radix
+        attention (`w // 2`). Returns whether the channels are still `w`."""
+        rng = self.rng
+        kind = rng.choice(["each", "each", "context", "radix", "if"] if even else ["context", "if"])
+
+        def value(default: str) -> str:  # a kept value's name: a layer's, where it is free
+            name = label(default)
+            return name if name not in taken else self.name(default)
+
+        if kind == "each":
+            body.append("       split 2")
+            conv = (f"conv 3x3 {w} // 2, dilation i + 1" if rng.random() < 0.5
+                    else f"conv {w} // 2, kernel 3 + 2 * i")  # fmt: skip
+            chain = rng.random() < 0.5
+            inner = ["if i > 0 {", "    add previous", "}"] if chain else []
+            inner += [f"{label('p')}: {conv}", f"{label('q')}: batchnorm",
+                      f"       {rng.choice(ACTIVATIONS)}"]  # fmt: skip
+            body.append("each i {\n" + "".join(f"        {line}\n" for line in inner) + "    }")
+            if rng.random() < 0.7:
+                body.append("       concat")
+            else:  # the parts weighted by a softmax across them
+                kept = value("parted")
+                body += [f"       keep {kept}", "       sum parts", "       global_avg_pool",
+                         f"{label('fc')}: conv 1x1 {w}, bias", "       split 2",
+                         "       softmax parts", f"       multiply {kept}", "       concat"]  # fmt: skip
+            return even
+        if kind == "context":
+            kept = value("ctx")
+            body += [f"       keep {kept}", f"{label('ca')}: conv 1x1 1, bias",
+                     "       softmax positions", f"       multiply {kept}", "       sum positions",
+                     f"{label('cm')}: conv 1x1 {w}, bias", f"       add {kept}"]  # fmt: skip
+            return even
+        if kind == "radix":
+            kept = value("splits")
+            body += ["       split 2", f"       keep {kept}", "       sum parts",
+                     "       global_avg_pool", f"{label('fr')}: conv 1x1 {w}, bias",
+                     "       split 2", "       softmax parts", f"       multiply {kept}",
+                     "       sum parts"]  # fmt: skip
+            return False
+        if rng.random() < 0.5:
+            body += ["if stride > 1 {", "    avg_pool 3x3, stride 1, padding 1, count_include_pad",
+                     "}"]  # fmt: skip
+        else:
+            body += ["if stride == 1 {", f"    {label('ic')}: conv 1x1 {w}", "} else {",
+                     "    relu", "}"]  # fmt: skip
+        return even
 
     def _activation(self, used: set[str]) -> str:
         rng = self.rng
@@ -342,6 +399,8 @@ def verify(spec: Spec, directory, index: int, train: bool = True) -> Result:
         target = directory / f"case{index}_{backend}"
         write_package(target, files, force=True)
         name = f"differential_{index}_{backend}"
+        for stale in [m for m in sys.modules if m == name or m.startswith(f"{name}.")]:
+            del sys.modules[stale]  # a package of an earlier case under the same name
         module_spec = importlib.util.spec_from_file_location(
             name, target / "__init__.py", submodule_search_locations=[str(target)]
         )

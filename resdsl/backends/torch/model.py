@@ -407,10 +407,12 @@ class _Body:
             self.shared |= side.shared
             self.zero_init += [a for a in side.zero_init if a not in self.zero_init]
             self.read |= side.read
-        single = not node.otherwise and [k for k in then.kinds if k is not None]
-        owned = [a for w, a in then.tokens if w == "attr" and a in self.guarded]
-        if single and len(single) == 1 and len(owned) == 1 and not self.index:
-            test = f"self.{owned[0]} is not None"  # as timm's `if self.avd_last is not None`
+        # one named layer alone, built only here: as timm's `if self.avd_last is not None` (a
+        # name is the layer's own: no other statement builds or reads it)
+        alone = (len(node.then) == 1 and not node.otherwise and isinstance(node.then[0], LayerNode)
+                 and node.then[0].labelled and node.then[0].attr in self.guarded)  # fmt: skip
+        if alone and not self.index:
+            test = f"self.{node.then[0].attr} is not None"
         else:
             test = text(condition, self._forward_spell)
         if then.forward:
