@@ -172,3 +172,46 @@ def _located(tmp_path, body: str, message: str) -> None:
 )  # fmt: skip
 def test_dataflow_mistakes_are_located(tmp_path, body, message):
     _located(tmp_path, body, message)
+
+
+# --- the docs' examples ---------------------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "language.md"
+
+
+def test_the_docs_global_context_block_computes_gcnets_context(tmp_path):
+    import re
+
+    block = re.search(r"```res\n(block context_block.*?)```", DOCS.read_text(), re.S)[1]
+    text = (
+        block
+        + """
+block gc_basic(planes, stride = 1) extends basic {
+    after bn2 {
+        gc: context_block
+    }
+}
+"""
+        + NET.format(extra="")
+        .replace("block    basic", "block    gc_basic")
+        .replace("shortcut A", "shortcut B")
+    )
+    module, analysis, _ = torch_module(tmp_path, write(tmp_path, text), "gcdocs")
+    torch.manual_seed(0)
+    model = module.build_model().eval()
+    gc = model.layer1[0].gc
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        weights = gc.conv_attn(x).flatten(2).softmax(-1)  # [2, 1, 64]
+        context = torch.einsum("ncp,nkp->nc", x.flatten(2), weights)[..., None, None]
+        expected = x + gc.fc2(torch.relu(gc.fc1(context)))
+        assert torch.allclose(gc(x), expected, atol=1e-5)
+    assert sum(p.numel() for p in model.parameters()) == analysis.params
+
+
+def test_the_docs_show_res2nets_generated_loop(tmp_path):
+    import re
+
+    shown = re.search(r"```python\n(        parts = \[\].*?)```", DOCS.read_text(), re.S)[1]
+    _, _, out = torch_module(tmp_path, "specs/timm/res2net50_26w_4s.res", "r2docs")
+    assert shown in (out / "model.py").read_text()
