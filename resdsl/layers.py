@@ -314,6 +314,17 @@ KINDS: dict[str, Kind] = {
         params=_bn_params,
         weighted=True,
     ),
+    "layernorm": Kind(
+        "layernorm",
+        "layer normalisation over the channels at each position, with a scale and a shift per "
+        "channel (timm's LayerNorm2d, PyTorch's nn.LayerNorm on the channels-last map): "
+        "`layernorm, eps E`",
+        doc=_fixed("LN"),
+        short=_fixed("LN"),
+        options={"eps": Option("positive", 1e-5)},
+        params=_bn_params,
+        weighted=True,
+    ),
     **{
         name: Kind(
             name, f"activation: {formula}", doc=_fixed(title), short=_fixed(title), on_parts=True

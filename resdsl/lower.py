@@ -402,6 +402,19 @@ class Lowering:
                                     where, named)  # fmt: skip
         if form is None or not self._printable(form, where, "block", split=role == "layer"):
             return None
+        named = next((n for n in walk(form.nodes) if isinstance(n, LayerNode | GroupNode | CallNode)
+                      and n.attr == "norm"), None)  # fmt: skip
+        if named is not None and (role == "stage" or any(
+                isinstance(n, CallNode) or (isinstance(n, LayerNode) and n.kind == "batchnorm")
+                for n in walk(form.nodes))):  # fmt: skip
+            self.report.error(
+                f"{where.context}block `{definition.name}` names a layer `norm` "
+                f"({place(named.source.span)}), the name of the network's norm in a block with a "
+                "batchnorm, or in a stage",
+                where.span,
+                "name it otherwise; `norm` is free in a block used as a layer without a batchnorm",
+            )
+            return None
         defined_residual = any(isinstance(n, AddNode) for n in walk(form.nodes))
         name = self.class_names.take(class_name(definition.name, residual, defined_residual))
         defaults = self.interpreter.defaults(definition)

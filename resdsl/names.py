@@ -38,7 +38,8 @@ FLAX_MODULE = frozenset(
     put_variable scope setup sow tabulate unbind variable variables
 """.split()
 )
-BLOCK_ATTRIBUTES = frozenset({"downsample", "expansion", "norm", "shortcut"})
+# (`norm`, the JAX field of the network's norm, is refused where a class has that field: lower.py)
+BLOCK_ATTRIBUTES = frozenset({"downsample", "expansion", "shortcut"})
 # The network class's own names: its stages are layer1, layer2, ...
 NETWORK_ATTRIBUTES = frozenset({
     "avgpool", "bn_final", "dilation", "dropout", "fc", "features_only", "forward_features",

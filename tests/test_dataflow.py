@@ -215,3 +215,39 @@ def test_the_docs_show_res2nets_generated_loop(tmp_path):
     shown = re.search(r"```python\n(        parts = \[\].*?)```", DOCS.read_text(), re.S)[1]
     _, _, out = torch_module(tmp_path, "specs/timm/res2net50_26w_4s.res", "r2docs")
     assert shown in (out / "model.py").read_text()
+
+
+def test_the_global_context_block_is_timms(tmp_path):
+    """The prelude's `global_context` (with `conv_mlp` and its LayerNorm) is timm's GlobalContext
+    with fuse_add, key for key and output for output, in PyTorch and in JAX."""
+    timm = pytest.importorskip("timm")
+    from timm.layers import GlobalContext
+
+    text = """block gc_basic(planes, stride = 1) extends basic {
+    after bn2 {
+        attn: global_context
+    }
+}
+""" + NET.format(extra="").replace("block    basic", "block    gc_basic").replace(
+        "shortcut A", "shortcut B"
+    )
+    module, analysis, out = torch_module(tmp_path, write(tmp_path, text), "gctimm")
+    assert timm is not None
+    torch.manual_seed(0)
+    model = module.build_model().eval()
+    reference = GlobalContext(32, fuse_add=True, fuse_scale=False).eval()
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+    ours = model.layer2[0].attn
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(2, 32, 6, 5)
+    with torch.no_grad():
+        assert torch.allclose(ours(x), reference(x), atol=1e-5)
+    assert sum(p.numel() for p in model.parameters()) == analysis.params
+    assert "class LayerNorm2d(nn.LayerNorm)" in (out / "model.py").read_text()
+
+
+def test_a_layer_named_norm_is_refused_where_the_jax_block_has_its_norm(tmp_path):
+    _located(tmp_path, "    c: conv 3x3 planes\n    norm: layernorm\n    add shortcut",
+             "block `b` names a layer `norm`")  # fmt: skip

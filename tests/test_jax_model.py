@@ -124,6 +124,26 @@ network defined {
     stage: 1 x 64, block bottleneck, expansion 1, shortcut B
 }
 """,
+    # global context (LayerNorm, softmax over positions, add input) after a selective kernel
+    # block, Res2Net's chain in a GroupNorm network: the dataflow constructs at odd sizes
+    "dataflow": """
+block gc_sk(planes, stride = 1) extends sk_basic {
+    after conv2 {
+        attn: global_context, rd_ratio 0.25
+    }
+}
+
+network dataflow {
+    input    3x29x27
+    classes  5
+    stem     cifar, width 16
+    block    gc_sk
+    shortcut B
+    stage: 2 x 16
+    stage: 2 x 32, stride 2
+    stage: 2 x 16, stride 2, block bottle2neck, scale 4, base_width 32
+}
+""",
     # small enough to initialise for real
     "tiny_init": """
 network tiny_init {
@@ -320,7 +340,7 @@ def test_the_checked_specs_stand_for_the_whole_library():
     assert len(set(CHECKED.values())) < len(SPECS) * 2 // 3
 
 
-@pytest.mark.parametrize("name", ["mixed_post", "mixed_pre", "preact_d", "defined"])
+@pytest.mark.parametrize("name", ["mixed_post", "mixed_pre", "preact_d", "defined", "dataflow"])
 def test_constructs_beyond_the_spec_library_match_torch(compiled, name):
     check_network(compiled, name)
 

@@ -78,6 +78,11 @@ def _group_norm(p: JaxModel, a: dict, v: str, name: str, ctx: dict) -> str:
             f'{zero}name="{name}")({v})')  # fmt: skip
 
 
+def _layer_norm(p: JaxModel, a: dict, v: str, name: str, ctx: dict) -> str:
+    # epsilon always: Flax's default is 1e-6, PyTorch's 1e-5
+    return f'nn.LayerNorm(epsilon={text(a["eps"], ctx["spell"])}, name="{name}")({v})'
+
+
 def _channel_conv(p: JaxModel, a: dict, v: str, name: str, ctx: dict) -> str:
     # the channels as a sequence of one feature, [N, 1, 1, C] -> [N, C, 1]; PyTorch's default
     # Conv1d init (timm leaves it), U(-1/sqrt(size), 1/sqrt(size))
@@ -158,6 +163,7 @@ CALLS = {
     "channel_conv": _channel_conv,
     "batchnorm": _norm,
     "groupnorm": _group_norm,
+    "layernorm": _layer_norm,
     "relu": lambda p, a, v, name, ctx: f"nn.relu({v})",
     "gelu": lambda p, a, v, name, ctx: f"nn.gelu({v}, approximate=False)",
     "silu": lambda p, a, v, name, ctx: f"nn.silu({v})",

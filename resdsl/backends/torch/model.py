@@ -88,6 +88,12 @@ def _group_norm(p: TorchModel, a: dict, spell) -> str:
     return f"nn.GroupNorm({text(a['groups'], spell)}, {text(a['in'], spell)}{eps})"
 
 
+def _layer_norm(p: TorchModel, a: dict, spell) -> str:
+    p.used.add("LayerNorm2d")
+    eps = "" if a["eps"] == 1e-5 else f", eps={text(a['eps'], spell)}"
+    return f"LayerNorm2d({text(a['in'], spell)}{eps})"
+
+
 def _channel_conv(p: TorchModel, a: dict, spell) -> str:
     size = a["size"]
     padding = text(apply("//", apply("-", size, 1), 2), spell)
@@ -125,6 +131,7 @@ MODULES = {
     "channel_conv": _channel_conv,
     "batchnorm": _norm,
     "groupnorm": _group_norm,
+    "layernorm": _layer_norm,
     "relu": _activation("ReLU", True),
     "gelu": _activation("GELU", False),
     "silu": _activation("SiLU", True),
@@ -613,6 +620,12 @@ HELPERS = {
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x[:, :, :: self.stride, :: self.stride]
         return F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))''',
+    "LayerNorm2d": '''class LayerNorm2d(nn.LayerNorm):
+    """Layer normalisation over the channels at each position (timm's LayerNorm2d)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)''',
     "DropPath": '''class DropPath(nn.Module):
     """Stochastic depth: in training, each sample's residual branch is dropped with probability
     `p`. Kept branches are scaled by 1 / (1 - p) (as timm), or with `survival`, left as they are
@@ -879,7 +892,7 @@ def render_model(lowered: Lowered, spec, analysis: Analysis, header: str, custom
     helpers = _helpers(printer, net)
     imports = ["import math", ""] if "math." in body else []
     imports.append("import torch")
-    if "ZeroPadShortcut" in printer.used:
+    if printer.used & {"ZeroPadShortcut", "LayerNorm2d"}:
         imports.append("import torch.nn.functional as F")
     imports.append("from torch import nn")
     build = (
