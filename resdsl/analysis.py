@@ -96,7 +96,9 @@ def analyse(spec: ir.Spec, report: Report) -> Analysis | None:
     lowered = lower(network, spec.definitions, report)
     if lowered is None:
         return None
+    neck = lowered.neck  # a head definition's layers before the pool
     depth = lowered.stem.depth + sum(block.depth for block in lowered.blocks()) + 1
+    depth += neck.depth if neck else 0
     stem = cost(lowered.stem.layers())
     stem_part = Part("stem", 0, lowered.stem.out, stem.params, stem.macs)
     stages = []
@@ -105,7 +107,7 @@ def analyse(spec: ir.Spec, report: Report) -> Analysis | None:
         for block in stage.blocks:
             total += cost(block.layers())
         stages.append(Part(stage.ir.name, len(stage.blocks), stage.out, total.params, total.macs))
-    head = cost(lowered.head)
+    head = cost([*(neck.layers() if neck else ()), *lowered.head])
     analysis = Analysis(
         network, depth, stem_part, tuple(stages),
         Part("head", 0, (network.classes,), head.params, head.macs), lowered,

@@ -35,12 +35,14 @@ class Definitions:
         self.blocks: dict[str, FlatDef] = {}
         self.stems: dict[str, FlatDef] = {}
         self.shortcuts: dict[str, FlatDef] = {}
+        self.heads: dict[str, FlatDef] = {}
         # definitions with a mistake already reported: a network that uses one says nothing more
         self.broken: set[tuple[str, str]] = set()
         self.generic_forms: dict[str, object] = {}  # interpret.Interpreter.generic's, by block
 
     def table(self, kind: str) -> dict[str, FlatDef]:
-        return {"block": self.blocks, "stem": self.stems, "shortcut": self.shortcuts}[kind]
+        return {"block": self.blocks, "stem": self.stems, "shortcut": self.shortcuts,
+                "head": self.heads}[kind]  # fmt: skip
 
     def names(self, kind: str) -> list[str]:
         names = list(self.table(kind))

@@ -276,7 +276,7 @@ class _Run:
         if self.failed:
             return None
         nodes = _named_layers(nodes, "block" if self.definition.kind == "block" else (
-            "network" if self.definition.kind == "stem" else "shortcut"))  # fmt: skip
+            "network" if self.definition.kind in ("stem", "head") else "shortcut"))  # fmt: skip
         return Form(self.definition, params, tuple(nodes), inplanes, state.channels,
                     state.lets, tuple(n for n in walk(nodes) if isinstance(n, CallNode)),
                     state.parts)  # fmt: skip
@@ -413,7 +413,7 @@ class _Run:
 
     # --- layers ----------------------------------------------------------------------------------
     def label(self, label: s.Word, state: _State) -> bool:
-        scope = "network" if self.definition.kind == "stem" else "block"
+        scope = "network" if self.definition.kind in ("stem", "head") else "block"
         problem = label_problem(label.text, scope)
         if problem:
             self.error(f"{problem}; choose another name for this layer", span=label.span)
@@ -605,6 +605,17 @@ class _Run:
     def group_layer(self, st: s.Layer, state: _State, nodes: list) -> None:
         name = st.kind.text
         where = "a shortcut" if self.definition.kind == "shortcut" else "a numbered group"
+        if name in self.definitions.blocks and self.definition.kind == "shortcut":
+            if st.label is not None:
+                self.error("a block used as a shortcut is the shortcut: it takes no name",
+                           f"remove `{st.label.text}:`", span=st.label.span)  # fmt: skip
+                return
+            if any(isinstance(n, LayerNode | CallNode) for n in walk(nodes)):
+                self.error("a shortcut holds one block used as a layer, alone",
+                           "write the other layers inside that block", at=st)  # fmt: skip
+                return
+            self.call(st, state, nodes, shortcut=True)
+            return
         if name in self.definitions.blocks:
             self.error(f"{where} holds primitive layers, not blocks", at=st)
             return
@@ -629,17 +640,18 @@ class _Run:
             nodes.append(LayerNode("", kind.name, args, state.channels, out, False, st))
             state.channels = out
 
-    def call(self, st: s.Layer, state: _State, nodes: list) -> None:
-        """A block used as a layer: its arguments, and its channels out from its own form."""
+    def call(self, st: s.Layer, state: _State, nodes: list, shortcut: bool = False) -> None:
+        """A block used as a layer: its arguments, and its channels out from its own form. In a
+        shortcut (`shortcut`), the block is the whole shortcut, and has no name of its own."""
         name = st.kind.text
         definition = self.definitions.blocks[name]
-        if st.label is None:
+        if st.label is None and not shortcut:
             self.error(f"a block used as a layer needs a name: `NAME: {name} ...`", at=st)
             return
         if st.kernel is not None or st.arg is not None:
             self.error(f"`{name}` takes its arguments as options: `, name value`", at=st)
             return
-        if not self.label(st.label, state):
+        if not shortcut and not self.label(st.label, state):
             return
         if state.parts is not None:
             self.error(f"block `{name}` reads a value of one part, and this one is split into "
@@ -697,7 +709,7 @@ class _Run:
             self.error(problem.message, problem.hint, at=st)
             return
         args = {p: bound[p] for p in known}  # the defaults too, as the caller computes them
-        node = CallNode(st.label.text, name, args, state.channels, out, st)
+        node = CallNode("" if shortcut else st.label.text, name, args, state.channels, out, st)
         nodes.append(node)
         state.channels, state.parts = out, parts
 

@@ -108,7 +108,11 @@ class Norm(Node):
 
 
 class Head(Node):
+    """The head: a head definition's layers after the last stage (`head final_conv, ...`), the
+    global average pool, dropout and the classifier."""
+
     dropout: Probability = 0.0
+    call: Call | None = None  # the head definition, and its arguments
 
 
 class Network(Node):
@@ -125,6 +129,9 @@ class Network(Node):
     # (`huang`, Huang et al. 2016), or drop_path * (l - 1) / (L - 1) (`timm`: 0 for the first)
     drop_path: Probability = 0.0
     drop_path_rule: Literal["huang", "timm"] = "huang"
+    # the names of the modules: torchvision's (conv1, layer1.0, fc) or timm's byobnet's (stem.conv1,
+    # stages.0.0, head.fc)
+    layout: Literal["torchvision", "byobnet"] = "torchvision"
 
 
 # --- training ------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from .forms import (
 from .interpret import Interpreter, Where, argument_problem, place
 from .layers import KINDS, LayerError, Shape, through, vanishes
 from .limits import MAX_ALL_LAYERS, MAX_LAYERS
-from .names import PRINTER_NAMES, Namespace
+from .names import PRINTER_NAMES, Namespace, stage_attribute
 from .symbolic import EvalError, Named, Op, Var, concrete, constant, text, type_of
 
 
@@ -107,7 +107,7 @@ class Shortcut(NamedTuple):
 
     @property
     def projects(self) -> bool:
-        return any(KINDS[layer.kind].weighted for layer in self.layers)
+        return any(KINDS[layer.kind].weighted for layer in _layers(self.layers))
 
 
 class Block(NamedTuple):
@@ -169,7 +169,7 @@ def _layers(items):
         elif isinstance(item, Block):
             yield from item.layers()
         elif isinstance(item, Add) and item.shortcut is not None:
-            yield from item.shortcut.layers
+            yield from _layers(item.shortcut.layers)
 
 
 class Stage(NamedTuple):
@@ -191,6 +191,8 @@ class Lowered(NamedTuple):
     stem_form: Form | None = None  # a form of constants: the stem is printed inline
     head_form: tuple[LayerNode, ...] = ()
     shortcut_forms: dict = {}  # the shortcut options the stages use -> their forms
+    neck: Block | None = None  # a head definition's layers, between the last stage and the pool
+    neck_form: Form | None = None  # a form of constants: printed inline, as the stem
 
     @property
     def features(self) -> int:
@@ -209,7 +211,7 @@ class Lowered(NamedTuple):
     def kinds(self) -> set[str]:
         """The kinds of the network's layers (blocks used as layers included)."""
         layers = [*self.stem.layers(), *(lay for b in self.blocks() for lay in b.layers()),
-                  *self.head]  # fmt: skip
+                  *(self.neck.layers() if self.neck else ()), *self.head]  # fmt: skip
         return {layer.kind for layer in layers}
 
     @property
@@ -242,11 +244,21 @@ class Lowering:
         net = self.network
         if not self._preact():
             return None
-        stem_form, stem = self._stem()
-        if stem is None:
+        stem_form = self._stem()
+        if stem_form is None:
+            return None
+        neck_sites = self._neck_sites()
+        if neck_sites is None:
             return None
         stage_classes = self._stage_classes()
-        if stage_classes is None or not self._layer_classes(stage_classes) or not self._shortcuts():
+        if stage_classes is None or not self._shortcuts():
+            return None
+        sites = [*stem_form.calls, *neck_sites,
+                 *(c for form in self.shortcut_forms.values() for c in form.calls)]  # fmt: skip
+        if not self._layer_classes(stage_classes, sites):
+            return None
+        stem = self.instantiate(stem_form, {}, net.input, None, net.stem.span, "")
+        if stem is None:
             return None
         if not self._depth_is_sane(stem):
             return None
@@ -270,9 +282,16 @@ class Lowering:
                 blocks.append(block)
                 shape = block.out
             dilation = stage.dilation
-            stages.append(Stage(stage, f"layer{number}", tuple(blocks), shape, cls))
+            stages.append(Stage(stage, stage_attribute(net.layout, number - 1), tuple(blocks),
+                                shape, cls))  # fmt: skip
         if not self._finish_classes(stages):
             return None
+        neck_form = neck = None
+        if net.head.call is not None:
+            neck_form, neck = self._neck(shape)
+            if neck is None:
+                return None
+            shape = neck.out
         try:
             head_form, head = self._head(shape, stem_form)
         except LayerError as problem:  # the final norm of a pre-activation network
@@ -280,7 +299,8 @@ class Lowering:
             return None
         classes = self._ordered_classes()
         return Lowered(net, self.preact, stem, tuple(stages), head, self.definitions,
-                       classes, stem_form, head_form, dict(self.shortcut_forms))  # fmt: skip
+                       classes, stem_form, head_form, dict(self.shortcut_forms), neck,
+                       neck_form)  # fmt: skip
 
     def _preact(self) -> bool:
         net = self.network
@@ -307,9 +327,29 @@ class Lowering:
         form = self.interpreter.run(definition, dict(net.stem.args), net.input[0], self.preact,
                                     where)  # fmt: skip
         if form is None or not self._printable(form, where, "stem"):
+            return None
+        return form
+
+    def _neck_sites(self) -> tuple | None:
+        """The blocks a head definition uses as layers (its input's channels not yet known)."""
+        call = self.network.head.call
+        if call is None:
+            return ()
+        where = Where(self.report, call.span)
+        form = self.interpreter.run(self.definitions.heads[call.name], dict(call.args),
+                                    Var("inplanes", "int"), self.preact, where)  # fmt: skip
+        return None if form is None else form.calls
+
+    def _neck(self, shape: Shape):
+        """A head definition's layers after the last stage (timm's `final_conv`), built once as
+        the stem is."""
+        call = self.network.head.call
+        definition = self.definitions.heads[call.name]
+        where = Where(self.report, call.span)
+        form = self.interpreter.run(definition, dict(call.args), shape[0], self.preact, where)
+        if form is None or not self._printable(form, where, "stem"):
             return None, None
-        stem = self.instantiate(form, {}, net.input, None, net.stem.span, "")
-        return form, stem
+        return form, self.instantiate(form, {}, shape, None, call.span, "")
 
     # classes ----------------------------------------------------------------------------------
     def _stage_args(self, stage: ir.Stage, i: int, dilation: int, index: int, total: int) -> dict:
@@ -424,11 +464,13 @@ class Lowering:
         return BlockClass(name, definition, role, residual and defined_residual, form, variables,
                           _spelling(definition, form), defaults)  # fmt: skip
 
-    def _layer_classes(self, stage_classes: list[BlockClass]) -> bool:
-        """The classes of blocks used as layers. What varies between the calls of one decides its
-        constructor arguments, so a class is made once all of its callers have theirs."""
+    def _layer_classes(self, stage_classes: list[BlockClass], others=()) -> bool:
+        """The classes of blocks used as layers (by the stages' blocks, and the `others` calls:
+        the stem's, the shortcuts', the head's). What varies between the calls of one decides
+        its constructor arguments, so a class is made once all of its callers have theirs."""
         callers: dict[str, set[str]] = {}  # from the definitions' own forms: every possible call
-        reachable, todo = set(), [c.definition.name for c in stage_classes]
+        reachable = set()
+        todo = [c.definition.name for c in stage_classes] + [c.definition for c in others]
         while todo:
             name = todo.pop()
             if name in reachable:
@@ -438,6 +480,8 @@ class Lowering:
                 callers.setdefault(call.definition, set()).add(name)
                 todo.append(call.definition)
         sites: dict[str, list[CallNode]] = {}
+        for call in others:
+            sites.setdefault(call.definition, []).append(call)
         done: set[str] = set()  # definitions whose layer class is made
         made = list(dict.fromkeys(stage_classes))
         while made:

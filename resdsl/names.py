@@ -43,7 +43,7 @@ BLOCK_ATTRIBUTES = frozenset({"downsample", "expansion", "shortcut"})
 # The network class's own names: its stages are layer1, layer2, ...
 NETWORK_ATTRIBUTES = frozenset({
     "avgpool", "bn_final", "dilation", "dropout", "fc", "features_only", "forward_features",
-    "inplanes", "num_classes",
+    "inplanes", "num_classes", "stem", "stages", "head",
 })  # fmt: skip
 STAGE_ATTRIBUTE = re.compile(r"layer\d+$")
 
@@ -63,6 +63,16 @@ PRINTER_NAMES = (
 
 # Names given by the network to every definition, which a definition cannot redefine.
 GIVEN = frozenset({"inplanes", "preact"})
+
+
+def shortcut_attribute(layout: str) -> str:
+    """A block's shortcut module: torchvision's `downsample`, timm's byobnet's `shortcut`."""
+    return "shortcut" if layout == "byobnet" else "downsample"
+
+
+def stage_attribute(layout: str, index: int) -> str:
+    """Stage `index` (from 0): torchvision's `layer1`, ..., timm's byobnet's `stages.0`, ..."""
+    return f"stages.{index}" if layout == "byobnet" else f"layer{index + 1}"
 
 
 def label_problem(name: str, scope: str) -> str | None:

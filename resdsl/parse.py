@@ -23,13 +23,13 @@ GRAMMAR = Path(__file__).with_name("grammar.lark")
 
 NETWORK_STATEMENTS = (
     "input", "classes", "stem", "block", "shortcut", "stage", "init", "batchnorm", "norm",
-    "head", "drop_path",
+    "head", "drop_path", "layout",
 )  # fmt: skip
 TRAIN_STATEMENTS = (
     "data", "preprocess", "augment", "optimizer", "batch", "schedule", "warmup", "length",
     "eval", "val_split", "validate", "loss", "mix", "ema", "precision", "drop_path",
 )  # fmt: skip
-TOP_STATEMENTS = ("param", "network", "train", "block", "stem", "shortcut")
+TOP_STATEMENTS = ("param", "network", "train", "block", "stem", "shortcut", "head")
 
 # How the parser's terminals read in a message.
 _TERMINAL_WORDS = {
@@ -480,6 +480,7 @@ class _ToSyntax(Transformer):
     validate = _statement("validate")
 
     drop_path = _statement("drop_path")
+    layout = _statement("layout")
 
     # definitions ------------------------------------------------------------------------------
     @v_args(meta=True)
@@ -573,8 +574,8 @@ class _ToSyntax(Transformer):
 
         return build
 
-    block_def, stem_def, shortcut_def = (
-        _definition("block"), _definition("stem"), _definition("shortcut")
+    block_def, stem_def, shortcut_def, head_def = (
+        _definition("block"), _definition("stem"), _definition("shortcut"), _definition("head")
     )  # fmt: skip
 
     # declarations -------------------------------------------------------------------------------

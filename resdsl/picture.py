@@ -188,6 +188,8 @@ def figure(analysis: Analysis) -> Figure:
                 arcs.append(arc)
         name = stage.ir.name or stage.attr
         stages.append((start, len(boxes) - 1, name, f"{stage.out[1]}x{stage.out[2]}"))
+    if lowered.neck is not None:  # a head definition's layers before the pool
+        boxes += _layer_boxes(lowered.neck, -1)
     boxes += _layer_boxes(Block("head", {}, lowered.head, lowered.stages[-1].out,
                                 lowered.head[-1].out), -1)  # fmt: skip
     title = f"{net.name}: {analysis.depth} layers, {analysis.params / 1e6:.1f}M parameters"

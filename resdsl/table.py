@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from .analysis import Analysis, cost
 from .layers import KINDS
 from .lower import Add, Block, Each, Group, Layer, Shortcut
+from .names import shortcut_attribute
 
 # --- short forms ---------------------------------------------------------------------------
 
@@ -34,7 +35,9 @@ def short(layer: Layer) -> str:
 def shortcut_text(add: Add) -> str:
     if add.shortcut is None:
         return "identity"
-    return ", ".join(short(layer) for layer in add.shortcut.layers if layer.kind != "identity")
+    return ", ".join(short(layer) if isinstance(layer, Layer) else layer.definition
+                     for layer in add.shortcut.layers
+                     if not isinstance(layer, Layer) or layer.kind != "identity")  # fmt: skip
 
 
 def shortcut_style(shortcut: Shortcut | None) -> str:
@@ -152,7 +155,10 @@ def table(spec, analysis: Analysis, layers: bool = False) -> str:
             attr = lowered.stages[run.stage].attr
             if len(run.blocks) > 1 and not folded:
                 folded = run.label(attr)
-            _layer_rows(rows, run.label(attr), run.block, len(run.blocks), _drop_range(run))
+            _layer_rows(rows, run.label(attr), run.block, len(run.blocks), _drop_range(run),
+                        shortcut_attribute(lowered.network.layout))  # fmt: skip
+        if lowered.neck is not None:  # a head definition's layers: network attributes
+            _layer_rows(rows, "head", lowered.neck, 1)
         for layer in lowered.head:
             rows.append((layer.name or "head", short(layer), shape_text(layer.out),
                          _count(layer.params)))  # fmt: skip
@@ -172,8 +178,12 @@ def table(spec, analysis: Analysis, layers: bool = False) -> str:
             rows.append((label, run_text(run), block_shortcut(run.block),
                          shape_text(run.block.out), f"{params:,}"))  # fmt: skip
         head = lowered.head
-        rows.append(("head", ", ".join(short(layer) for layer in head), "",
-                     shape_text(head[-1].out), f"{_params(head):,}"))  # fmt: skip
+        neck = lowered.neck
+        text = ", ".join(short(layer) for layer in head)
+        if neck is not None:
+            text = f"{block_text(neck)}, {text}"
+        rows.append(("head", text, "", shape_text(head[-1].out),
+                     f"{_params(head) + (_params(neck.layers()) if neck else 0):,}"))  # fmt: skip
         total = ("total", "", "", "", f"{analysis.params:,}")
         right = (False, False, False, False, True)
     everything = [header, *rows, total]
@@ -199,7 +209,8 @@ def _count(params: int) -> str:
     return f"{params:,}" if params else ""
 
 
-def _layer_rows(rows: list, label: str, block: Block, times: int, drop: str | None = None):
+def _layer_rows(rows: list, label: str, block: Block, times: int, drop: str | None = None,
+                shortcut: str = "downsample"):  # fmt: skip
     def emit(name: str, layer: Layer) -> None:
         kind = drop if drop and layer.kind == "drop_path" else short(layer)
         shape = (layer.parts, *layer.out) if layer.parts is not None else layer.out
@@ -230,5 +241,9 @@ def _layer_rows(rows: list, label: str, block: Block, times: int, drop: str | No
                 continue
             sc = item.shortcut.layers
             for i, layer in enumerate(sc):
-                emit(f"{label}.downsample" + (f".{i}" if len(sc) > 1 else ""), layer)
+                name = f"{label}.{shortcut}" + (f".{i}" if len(sc) > 1 else "")
+                if isinstance(layer, Block):  # a block used as the shortcut: its own keys
+                    _layer_rows(rows, name, layer, times)
+                else:
+                    emit(name, layer)
             rows.append((label, "add", shape_text(item.out), ""))

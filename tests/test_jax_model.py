@@ -264,7 +264,8 @@ def max_logit_difference(package, torch_model, images) -> float:
 def stage_shapes(package, analysis, variables) -> list[tuple[int, ...]]:
     """NHWC shapes after each stage at the spec's input size, computed abstractly."""
     net = analysis.network
-    last = [f"layer{i}_{stage.blocks - 1}" for i, stage in enumerate(net.stages, start=1)]
+    last = [f"{stage.attr.replace('.', '_')}_{len(stage.blocks) - 1}"  # layer4_2, stages_3_2
+            for stage in analysis.lowered.stages]  # fmt: skip
 
     def run(variables, images):
         _, state = package.build_model().apply(

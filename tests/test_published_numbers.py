@@ -113,5 +113,5 @@ def test_every_spec_is_valid_and_its_depth_matches_its_name(spec):
     # the depth follows the family: resnet20_fast, resnet50_a2, preact_resnet164
     digits = re.match(r"(?:resnet|plain|preact_resnet)(\d+)", loaded.network.name)
     if digits:
-        stem_extra = 2 if loaded.network.stem.name in ("deep", "tiered") else 0
+        stem_extra = 2 if loaded.network.stem.name in ("deep", "tiered", "tiered_byob") else 0
         assert analysis.depth == int(digits.group(1)) + stem_extra

@@ -180,12 +180,12 @@ def export_parser(
 
 
 # Starting from weights (--init-from) --------------------------------------------------------
-HEAD = "fc"  # the classifier, left as initialised by --reinit-head
+HEAD = "fc"  # the classifier, left as initialised by --reinit-head (`head.fc` in timm's byobnet)
 
 
 def is_head(name: str) -> bool:
-    """Whether a state_dict name belongs to the classifier."""
-    return name.split(".")[0] == HEAD
+    """Whether a state_dict name belongs to the classifier (`fc.weight`, `head.fc.weight`)."""
+    return name.split(".")[0] == HEAD or name.startswith(f"head.{HEAD}.")
 
 
 def names_listed(names: list[str], shown: int = 3) -> str:

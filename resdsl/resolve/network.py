@@ -53,6 +53,7 @@ class NetworkReader:
         norm = self._norm(single.get("norm"), single.get("batchnorm"))
         head = self._head(single.get("head"))
         drop_path, drop_path_rule = self._drop_path(single.get("drop_path"), block)
+        layout = self._layout(single.get("layout"))
         built_stages = [self._stage(i, st, block, shortcut) for i, st in enumerate(stages)]
         for st in refused:
             self._stage(len(stages), st, block, shortcut)
@@ -82,6 +83,7 @@ class NetworkReader:
                 head=head,
                 drop_path=drop_path,
                 drop_path_rule=drop_path_rule,
+                layout=layout,
                 span=span,
             )
         except ValidationError as error:  # pragma: no cover - the checks above come first
@@ -305,14 +307,33 @@ class NetworkReader:
         return ir.Norm(kind="groupnorm", groups=groups, span=st.span, **options)
 
     def _head(self, st: s.Statement | None) -> ir.Head:
+        """`head dropout 0.2`, or `head NAME, OPTION VALUE, ..., dropout P` with a head defined
+        in the language (its layers come between the last stage and the pool)."""
         if st is None:
             return ir.Head()
+        options = list(st.options)
+        first = options[0] if options else None
+        call = None
+        if first is not None and first.value is None and first.name.text != "dropout":
+            definition = self._definition("head", first.name)
+            if definition is None:
+                return ir.Head()
+            rest = [o for o in options[1:] if o.name.text != "dropout"]
+            call = ir.Call(name=definition.name, args=self._args(definition, rest), span=st.span)
+            options = [o for o in options[1:] if o.name.text == "dropout"]
         readers = {
             "dropout": lambda o: self.values.number(
                 o.value, "dropout", span=o.span, low=0, high=1, high_open=True
             )
         }
-        return ir.Head(span=st.span, **read_options(st, readers, self.report))
+        fields = read_options(st._replace(options=tuple(options)), readers, self.report)
+        return ir.Head(span=st.span, call=call, **fields)
+
+    def _layout(self, st: s.Statement | None) -> str:
+        if st is None:
+            return "torchvision"
+        return self.values.symbol(st.args[0], ("torchvision", "byobnet"), "layout",
+                                  span=st.span) or "torchvision"  # fmt: skip
 
     def _drop_path(self, st: s.Statement | None, block: ir.Call | None) -> tuple[float, str]:
         """The rate and the rule that spreads it over the blocks (`huang` or `timm`)."""

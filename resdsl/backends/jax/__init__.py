@@ -38,6 +38,8 @@ def model_context(spec: ir.Spec, analysis: Analysis) -> dict:
         # BN's running statistics: a GroupNorm network has no collection but its params
         "batch_stats": "batchnorm" in analysis.lowered.kinds,
         "channel_conv": "channel_conv" in analysis.lowered.kinds,  # a 1-D kernel to convert
+        # the classifier's parameters: params/fc, or params/head/fc (timm's byobnet layout)
+        "head_params": '["head"]["fc"]' if net.layout == "byobnet" else "[runtime.HEAD]",
         "input_nhwc": (net.input[1], net.input[2], net.input[0]),
     }
 

@@ -24,7 +24,7 @@ from ...forms import (
 )
 from ...layers import KINDS
 from ...lower import Lowered
-from ...names import python_name
+from ...names import python_name, shortcut_attribute
 from ...quoting import code_text
 from ...symbolic import apply, literal, negated, symbolic, text
 from ..common import annotation, class_doc, module_doc, speller, stage_extras, stem_description
@@ -430,11 +430,11 @@ class JaxModel:
             lines.append(f"if {text(when.condition, spell)}:")
             nodes = list(when.then)
             indent = "    "
-        layers = [n for n in nodes if isinstance(n, LayerNode | WhenNode)]
+        layers = [n for n in nodes if isinstance(n, LayerNode | WhenNode | CallNode)]
         projects = any(
-            KINDS[layer.kind].weighted
+            isinstance(layer, CallNode) or KINDS[layer.kind].weighted
             for n in layers
-            for layer in ((n,) if isinstance(n, LayerNode) else (*n.then, *n.otherwise))
+            for layer in ((n,) if not isinstance(n, WhenNode) else (*n.then, *n.otherwise))
         )
         read = source if projects else "x"
         current, index = read, 0
@@ -442,9 +442,19 @@ class JaxModel:
             if isinstance(node, LetNode):
                 lines.append(f"{indent}{spell(node.name)} = {text(node.value, spell)}")
                 continue
-            name = "downsample" if len(layers) == 1 else f"downsample_{index}"
+            base = shortcut_attribute(self.lowered.network.layout)
+            name = base if len(layers) == 1 else f"{base}_{index}"
             index += 1
-            if isinstance(node, WhenNode):  # one layer or another, by a value of the block
+            if isinstance(node, CallNode):  # a block used as the shortcut
+                block = self.lowered.layer_class(node.definition)
+                fields = [
+                    f"{block.spelling[n]}={text(node.args[n], spell)}" for n in block.variables
+                ]
+                if self.needs_norm(block):
+                    fields.append("norm=self.norm")
+                fields.append(f'name="{name}"')
+                lines.append(f"{indent}identity = {block.name}({', '.join(fields)})({current})")
+            elif isinstance(node, WhenNode):  # one layer or another, by a value of the block
                 then, otherwise = node.then[0], node.otherwise[0]
                 lines.append(f"{indent}if {text(node.condition, spell)}:")
                 lines.append(f"{indent}    identity = {self._layer(then, current, name, ctx)}")
@@ -461,9 +471,48 @@ class JaxModel:
         return CALLS[node.kind](self, node.args, source, name, ctx)
 
     # the network --------------------------------------------------------------------------------
-    def stem(self) -> list[str]:
-        ctx = {"norm": "norm", "train": "train", "input": "x", "spell": str}
+    def stem(self, own: bool = False) -> list[str]:
+        """The stem's lines: in the network's `__call__`, or (`own`) in a `Stem` module."""
+        prefix = "self." if own else ""
+        ctx = {"norm": f"{prefix}norm", "train": f"{prefix}train", "input": "x", "spell": str}
         return _Body(self, ctx, "x", "x", started=True).nodes(self.lowered.stem_form.nodes)
+
+    def neck(self) -> list[str]:
+        """A head definition's lines, after the stages."""
+        ctx = {"norm": "norm", "train": "train", "input": "x", "spell": str}
+        return _Body(self, ctx, "x", "x", started=True).nodes(self.lowered.neck_form.nodes)
+
+    def byob_classes(self, net) -> list[str]:
+        """timm's byobnet layout: the stem as a module (`stem/conv1`), and the classifier head
+        (`head/fc`)."""
+        kinds = {layer.kind for layer in self.lowered.stem.layers()}
+        norm, train = "batchnorm" in kinds, any(KINDS[k].random for k in kinds)
+        lines = ["class Stem(nn.Module):",
+                 f'    """The stem: {stem_description(self.lowered)}."""', ""]  # fmt: skip
+        lines += [*(["    norm: ModuleDef"] if norm else []),
+                  *(["    train: bool = False"] if train else [])]  # fmt: skip
+        lines += ["", "    @nn.compact", "    def __call__(self, x: jax.Array) -> jax.Array:"]
+        lines += [f"        {line}" if line else "" for line in self.stem(own=True)
+                  if line not in ("AddNode", "BranchNode")]  # fmt: skip
+        lines.append("        return x")
+        self.stem_fields = [*(["norm=norm"] if norm else []), *(["train=train"] if train else [])]
+        dropout = net.head.dropout
+        head = [
+            "class ClassifierHead(nn.Module):",
+            '    """The global average pool' + (", dropout" if dropout else "") + " and the "
+            'classifier `fc` (timm\'s ClassifierHead)."""',
+            "",
+            "    num_classes: int",
+            "",
+            "    @nn.compact",
+            "    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:",
+            "        x = jnp.mean(x, axis=(1, 2))  # global average pool",
+            *([f"        x = nn.Dropout({dropout!r}, deterministic=not train)(x)"] if dropout
+              else []),
+            "        bound = x.shape[-1] ** -0.5",
+            '        return nn.Dense(self.num_classes, kernel_init=uniform(bound), bias_init=uniform(bound), name="fc")(x)',
+        ]  # fmt: skip
+        return ["\n".join(lines), "\n".join(head)]
 
 
 HELPERS = {
@@ -517,6 +566,9 @@ def render_model(lowered: Lowered, spec, analysis: Analysis, header: str) -> str
     net = spec.network
     printer = JaxModel(lowered, net.init.zero_init_residual)
     classes = [printer.block_class(cls) for cls in lowered.classes]
+    byob = net.layout == "byobnet"
+    if byob:
+        classes += printer.byob_classes(net)
     resnet = _resnet(printer, net)
     body = "\n\n\n".join(classes + [resnet])
     mode = net.init.mode
@@ -580,7 +632,7 @@ def logits(variables: dict[str, Any], images: jax.Array) -> jax.Array:
 
     Runs op by op; `jax.jit(logits)` compiles it, worth it for repeated calls.
     """
-    classes = variables["params"]["fc"]["bias"].shape[0]
+    classes = variables["params"]{'["head"]' if byob else ""}["fc"]["bias"].shape[0]
     return build_model(classes).apply(variables, images)
 '''
     doc = module_doc(lowered, spec, analysis, flax=True)
@@ -609,7 +661,12 @@ def _resnet(printer: JaxModel, net) -> str:
             "",
         ]  # fmt: skip
     lines.append(f"        # stem: {stem_description(lowered)}")
-    lines += [f"        {line}" for line in printer.stem() if line not in ("AddNode", "BranchNode")]
+    if net.layout == "byobnet":
+        fields = [*printer.stem_fields, 'name="stem"']
+        lines.append(f"        x = Stem({', '.join(fields)})(x)")
+    else:
+        lines += [f"        {line}" for line in printer.stem()
+                  if line not in ("AddNode", "BranchNode")]  # fmt: skip
     total = sum(st.blocks for st in net.stages)
     if net.drop_path:
         lines += ["", f"        # stochastic depth: block l of {total} is dropped with probability "
@@ -648,14 +705,18 @@ def _resnet(printer: JaxModel, net) -> str:
             rest_args.append(f"drop_path=rates[{first} + i]")
         first_args += common
         rest_args += common
-        lines.append(f'        x = {cls.name}({", ".join(first_args)}, name="{stage.attr}_0")(x)')
+        attr = stage.attr.replace(".", "_")  # stages.0 -> stages_0_0, ... (byobnet's names)
+        lines.append(f'        x = {cls.name}({", ".join(first_args)}, name="{attr}_0")(x)')
         if st.blocks > 1:
             lines.append(f"        for i in range(1, {st.blocks}):")
             lines.append(
-                f'            x = {cls.name}({", ".join(rest_args)}, name=f"{stage.attr}_{{i}}")(x)'
+                f'            x = {cls.name}({", ".join(rest_args)}, name=f"{attr}_{{i}}")(x)'
             )
         first += st.blocks
         dilation = st.dilation
+    if lowered.neck_form is not None:  # a head definition's layers before the pool
+        lines.append("")
+        lines += [f"        {line}" if line else "" for line in printer.neck()]
     pre = list(takewhile(lambda node: node.kind != "global_avg_pool", lowered.head_form))
     if pre:
         lines.append("")
@@ -663,6 +724,9 @@ def _resnet(printer: JaxModel, net) -> str:
         for node in pre:
             lines.append(f"        x = {printer._layer(node, 'x', node.attr, ctx)}")
     lines += ["", "        if features_only:", "            return x", ""]
+    if net.layout == "byobnet":
+        lines += ['        return ClassifierHead(self.num_classes, name="head")(x, train)']
+        return "\n".join(lines)
     for node in lowered.head_form:
         if node.kind == "global_avg_pool":
             lines.append("        x = jnp.mean(x, axis=(1, 2))  # global average pool")

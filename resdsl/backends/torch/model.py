@@ -24,9 +24,10 @@ from ...forms import (
     walk,
 )
 from ...lower import Add, Lowered
-from ...names import Namespace, python_name
+from ...names import Namespace, python_name, shortcut_attribute
 from ...quoting import code_text
 from ...symbolic import Named, Var, apply, literal, negated, symbolic, text
+from ...table import block_text
 from ..common import (
     annotation,
     class_doc,
@@ -478,6 +479,8 @@ class _Body:
 class TorchModel:
     def __init__(self, lowered: Lowered, custom_norm: bool):
         self.lowered, self.custom_norm = lowered, custom_norm
+        self.byob = lowered.network.layout == "byobnet"
+        self.shortcut = shortcut_attribute(lowered.network.layout)  # a block's shortcut module
         self.used: set[str] = set()  # the helpers the printed code calls
         self.conv3x3_groups = self.conv3x3_dilation = False
         self.zero_init: dict[str, list[str]] = {}
@@ -497,9 +500,12 @@ class TorchModel:
         lines.append("        super().__init__()")
         lines += [f"        {line}" for line in body.init()]
         if cls.residual:
-            lines.append("        self.downsample = downsample")
+            lines.append(f"        self.{self.shortcut} = downsample")
         lines += ["", "    def forward(self, x: torch.Tensor) -> torch.Tensor:"]
-        lines += [f"        {line}" if line else "" for line in self.forward(cls, body)]
+        forward = self.forward(cls, body)
+        if self.shortcut != "downsample":  # timm's byobnet names it `shortcut`
+            forward = [line.replace("self.downsample", f"self.{self.shortcut}") for line in forward]
+        lines += [f"        {line}" if line else "" for line in forward]
         return "\n".join(lines)
 
     def forward(self, cls: BlockClass, body: _Body) -> list[str]:
@@ -564,6 +570,12 @@ class TorchModel:
                 modules.append(f"{then} if {text(node.condition, spell)} else {otherwise}")
             elif isinstance(node, LayerNode):
                 modules.append(body.module(node))
+            elif isinstance(node, CallNode):  # a block used as the shortcut
+                cls = self.lowered.layer_class(node.definition)
+                args = [spell("inplanes")] + [
+                    f"{cls.spelling[name]}={text(node.args[name], spell)}" for name in cls.variables
+                ]
+                modules.append(f"{cls.name}({', '.join(args)})")
         if not modules:
             lines.append("    return None")
         elif len(modules) == 1:
@@ -671,6 +683,12 @@ def _resnet(printer: TorchModel, net) -> str:
     lowered = printer.lowered
     stem_spell = speller_of_shortcut(lowered.stem_form, {})
     stem = _Body(printer, stem_spell, "x", "x", started=True).nodes(lowered.stem_form.nodes)
+    if printer.byob:  # the stem is a module of its own (`stem.conv1.conv`): printed as `Stem`
+        printer.stem_body = stem
+        stem = _Body(printer, stem_spell, "x", "x", started=True)
+        stem.tokens.append(("line", "self.stem = Stem()"))
+        stem.forward.append("x = self.stem(x)")
+        stem.kinds.append(None)
     stage_classes = lowered.stage_classes
     kinds = sorted({st.shortcut for st in net.stages if st.shortcut != "none"})
     dilated = any(st.dilation != 1 for st in net.stages)
@@ -694,6 +712,8 @@ def _resnet(printer: TorchModel, net) -> str:
                     f"{net.drop_path:g} * l / {total}")  # fmt: skip
         init.append(f"    rates = [{net.drop_path!r} * i / {total} for i in range(1, {total + 1})]")
     first = 0
+    if printer.byob:
+        init.append("    self.stages = nn.Sequential(")
     for stage in lowered.stages:
         st, cls = stage.ir, stage.cls
         args = [cls.name] if len(stage_classes) > 1 else []
@@ -711,10 +731,26 @@ def _resnet(printer: TorchModel, net) -> str:
                 args.append(f"{name}={literal(stage.blocks[0].args[name])}")
         first += st.blocks
         out = "x".join(map(str, stage.out))
-        init.append(
-            f"    self.{stage.attr} = self._make_layer({', '.join(args)})  # {st.name}: {out}"
-        )
+        if printer.byob:
+            init.append(f"        self._make_layer({', '.join(args)}),  # {st.name}: {out}")
+        else:
+            init.append(
+                f"    self.{stage.attr} = self._make_layer({', '.join(args)})  # {st.name}: {out}"
+            )
+    if printer.byob:
+        init.append("    )")
+    neck = None
+    if lowered.neck_form is not None:  # a head definition's layers before the pool
+        neck = _Body(printer, stem_spell, "x", "x", started=True).nodes(lowered.neck_form.nodes)
+        init.append(f"    # head: {block_text(lowered.neck)}")
+        init += [f"    {line}" for line in neck.init()]
     for node in lowered.head_form:  # BN and ReLU (pre-activation), the pool, dropout, the fc
+        if printer.byob and node.kind in ("global_avg_pool", "dropout", "linear"):
+            if node.kind == "linear":
+                stem.tokens.append(
+                    ("line", f"self.head = ClassifierHead({_features(printer, net)}, num_classes)")
+                )
+            continue
         if node.kind == "global_avg_pool":
             stem.tokens.append(("line", f"self.{node.attr} = nn.AdaptiveAvgPool2d((1, 1))"))
         elif node.kind == "linear":
@@ -767,7 +803,12 @@ def _resnet(printer: TorchModel, net) -> str:
         f"    {line}" for line in stem.forward if line not in ("AddNode", "BranchNode")
     ]
     forward_features.append("")
-    forward_features += [f"    x = self.{stage.attr}(x)" for stage in lowered.stages]
+    if printer.byob:
+        forward_features.append("    x = self.stages(x)")
+    else:
+        forward_features += [f"    x = self.{stage.attr}(x)" for stage in lowered.stages]
+    if neck is not None:
+        forward_features += [f"    {line}" for line in neck.forward if line]
     forward = [
         "def forward(self, x: torch.Tensor) -> torch.Tensor:",
         "    x = self.forward_features(x)",
@@ -780,11 +821,21 @@ def _resnet(printer: TorchModel, net) -> str:
     for node in lowered.head_form:
         if node in pre:
             continue
+        if printer.byob:
+            forward.append("    x = self.head(x)")
+            break
         forward.append(f"    x = self.{node.attr}(x)")
         if node.kind == "global_avg_pool":
             forward.append("    x = torch.flatten(x, 1)")
     forward.append("    return x")
     methods += [forward_features, forward]
+    if printer.byob:
+        methods.append([
+            "@property",
+            "def fc(self) -> nn.Linear:",
+            '    """The classifier, `head.fc` (as torchvision\'s `model.fc`)."""',
+            "    return self.head.fc",
+        ])  # fmt: skip
     lines = [
         "class ResNet(nn.Module):",
         f'    """{net.name}, built as the spec says; `forward_features` ends before the pool."""',
@@ -796,6 +847,8 @@ def _resnet(printer: TorchModel, net) -> str:
 
 
 def _features(printer: TorchModel, net) -> str:
+    if printer.lowered.neck is not None:  # the head definition's channels
+        return str(printer.lowered.neck.out[0])
     classes = printer.lowered.stage_classes
     if len(classes) == 1 and classes[0].expansion is not None:
         return f"{net.stages[-1].width} * {classes[0].name}.expansion"
@@ -882,12 +935,46 @@ def _make_layer(printer: TorchModel, kinds, generic: bool, dilated, drop, extras
 # --- the whole file -----------------------------------------------------------------------------
 
 
+def _byob_classes(printer: TorchModel, net) -> list[str]:
+    """timm's byobnet layout: the stem as a module (`stem.conv1`), and the classifier head
+    (`head.fc`)."""
+    stem = printer.stem_body
+    lines = ["class Stem(nn.Module):", f'    """The stem: {stem_description(printer.lowered)}."""', "",
+             "    def __init__(self) -> None:", "        super().__init__()"]  # fmt: skip
+    lines += [f"        {line}" for line in stem.init()]
+    lines += ["", "    def forward(self, x: torch.Tensor) -> torch.Tensor:"]
+    lines += [
+        f"        {line}" for line in stem.forward if line and line not in ("AddNode", "BranchNode")
+    ]
+    lines.append("        return x")
+    dropout = net.head.dropout
+    head = [
+        "class ClassifierHead(nn.Module):",
+        '    """The global average pool' + (", dropout" if dropout else "") + " and the classifier "
+        '`fc` (timm\'s ClassifierHead)."""',
+        "",
+        "    def __init__(self, features: int, num_classes: int) -> None:",
+        "        super().__init__()",
+        "        self.global_pool = nn.AdaptiveAvgPool2d((1, 1))",
+        *([f"        self.drop = nn.Dropout(p={dropout!r})"] if dropout else []),
+        "        self.fc = nn.Linear(features, num_classes)",
+        "",
+        "    def forward(self, x: torch.Tensor) -> torch.Tensor:",
+        "        x = torch.flatten(self.global_pool(x), 1)",
+        *(["        x = self.drop(x)"] if dropout else []),
+        "        return self.fc(x)",
+    ]  # fmt: skip
+    return ["\n".join(lines), "\n".join(head)]
+
+
 def render_model(lowered: Lowered, spec, analysis: Analysis, header: str, custom_norm: bool) -> str:
     """model.py: header, docstring, imports, helpers, block classes, ResNet, build_model."""
     net = spec.network
     printer = TorchModel(lowered, custom_norm)
     classes = [printer.block_class(cls) for cls in lowered.classes]
     resnet = _resnet(printer, net)
+    if printer.byob:
+        classes += _byob_classes(printer, net)
     body = "\n\n\n".join(classes + [resnet])
     helpers = _helpers(printer, net)
     imports = ["import math", ""] if "math." in body else []
