@@ -953,8 +953,10 @@ def class_name(definition: str, residual: bool, defined_residual: bool) -> str:
 
 
 def _spelling(definition: FlatDef, form: Form) -> dict[str, str]:
-    """Python names for the parameters and values of a definition: its own where free."""
+    """Python names for the parameters and values of a definition (those kept with `keep` and
+    the part numbers of `each` included): its own where free."""
     own = [p.name.text for p in definition.params] + list(form.lets)
+    own += [n.name for n in walk(form.nodes) if isinstance(n, KeepNode | EachNode)]
     taken = set(PRINTER_NAMES) | set(own)
     spelling = {}
     for name in own:

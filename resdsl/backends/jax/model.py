@@ -150,7 +150,7 @@ def _value(a: dict, ctx: dict) -> str:
     """A value `multiply` and `add` read: the input, the part before (in `each`), or a kept one."""
     if a["value"] == "previous":
         return "parts[-1]"
-    return ctx["input"] if a["value"] == "input" else python_name(a["value"])
+    return ctx["input"] if a["value"] == "input" else python_name(ctx["spell"](a["value"]))
 
 
 # the axes of a value: [N, H, W, C], or [N, H, W, PARTS, C] once split
@@ -221,7 +221,7 @@ class _Body:
             elif isinstance(node, CallNode):
                 self.call(node)
             elif isinstance(node, KeepNode):
-                self.lines.append(f"{python_name(node.name)} = {self._source()}")
+                self.lines.append(f"{python_name(self.spell(node.name))} = {self._source()}")
             elif isinstance(node, EachNode):
                 following = nodes[number + 1] if number + 1 < len(nodes) else None
                 self.each(node, joined=_concat(following))
@@ -257,7 +257,7 @@ class _Body:
 
     def each(self, node: EachNode, joined: bool = False) -> None:
         """`each`: a loop over the parts; a layer named NAME inside is NAME_0, NAME_1, ..."""
-        index = python_name(node.name)
+        index = python_name(self.spell(node.name))
 
         def spell(name: str) -> str:
             return index if name == node.name else self.spell(name)

@@ -194,9 +194,11 @@ def _without(condition, name: str):
     return result
 
 
-def _kept(name: str, x: str) -> str:
+def _kept(name: str, x: str, spell) -> str:
     """A value `multiply` and `add` read: the input, the part before (in `each`), or a kept one."""
-    return x if name == "input" else "parts[-1]" if name == "previous" else python_name(name)
+    if name in ("input", "previous"):
+        return x if name == "input" else "parts[-1]"
+    return python_name(spell(name))
 
 
 # the axes of a value: [N, C, H, W], or [N, PARTS, C, H, W] once split
@@ -212,8 +214,8 @@ FORWARD = {
     "global_avg_pool": lambda v, x, attr, a, spell: (
         f"{v}.mean((-2, -1), keepdim=True)" if a["split"] else f"{v}.mean((2, 3), keepdim=True)"
     ),
-    "multiply": lambda v, x, attr, a, spell: f"{_kept(a['value'], x)} * {v}",
-    "add": lambda v, x, attr, a, spell: f"{v} + {_kept(a['value'], x)}",
+    "multiply": lambda v, x, attr, a, spell: f"{_kept(a['value'], x, spell)} * {v}",
+    "add": lambda v, x, attr, a, spell: f"{v} + {_kept(a['value'], x, spell)}",
     "linear": lambda v, x, attr, a, spell: f"self.{attr}({v}.movedim(1, -1)).movedim(-1, 1)",
     # the channels as a sequence of one feature: [N, C, 1, 1] -> [N, 1, C] -> [N, C, 1, 1]
     "channel_conv": lambda v, x, attr, a, spell: (
@@ -263,7 +265,7 @@ class _Body:
             elif isinstance(node, CallNode):
                 self.call(node)
             elif isinstance(node, KeepNode):
-                self._line(f"{python_name(node.name)} = {self._source()}")
+                self._line(f"{python_name(self.spell(node.name))} = {self._source()}")
                 self.fresh = False  # what follows must not change it in place
             elif isinstance(node, EachNode):
                 self.each(node, joined=self._joined(nodes, number + 1))
@@ -344,7 +346,7 @@ class _Body:
 
     def each(self, node: EachNode, joined: bool = False) -> None:
         """`each`: a loop over the parts; the layers named inside are nn.ModuleLists."""
-        index = python_name(node.name)
+        index = python_name(self.spell(node.name))
 
         def spell(name: str) -> str:
             return index if name == node.name else self.spell(name)
