@@ -353,13 +353,16 @@ class Lowering:
 
     # classes ----------------------------------------------------------------------------------
     def _stage_args(self, stage: ir.Stage, i: int, dilation: int, index: int, total: int) -> dict:
-        """A block's arguments: the stage's (planes, stride, dilation), the rule's drop rate,
-        and the options written after `block`."""
+        """A block's arguments: the stage's (planes, stride, dilation, and `index`, the block's
+        place in its stage, where the block has that parameter), the rule's drop rate, and the
+        options written after `block`."""
         args = dict(stage.block.args)
         args["planes"] = stage.width
         args["stride"] = stage.stride if i == 0 else 1
         if stage.dilation != 1 or dilation != 1:
             args["dilation"] = dilation if i == 0 else stage.dilation
+        if "index" in self.definitions.blocks[stage.block.name].param_names():
+            args["index"] = i  # the block's place in its stage, when the block asks for it
         if self.network.drop_path:
             if self.network.drop_path_rule == "timm":  # 0 for the first block, RATE for the last
                 args["drop_path"] = self.network.drop_path * (index - 1) / max(1, total - 1)

@@ -251,3 +251,33 @@ def test_the_global_context_block_is_timms(tmp_path):
 def test_a_layer_named_norm_is_refused_where_the_jax_block_has_its_norm(tmp_path):
     _located(tmp_path, "    c: conv 3x3 planes\n    norm: layernorm\n    add shortcut",
              "block `b` names a layer `norm`")  # fmt: skip
+
+
+def test_an_if_on_the_blocks_place_in_its_stage(tmp_path):
+    """A block with a parameter `index` is given its place in its stage (0 for the first)."""
+    from tests.test_jax_model import EXTRA_SPECS
+
+    module, analysis, out = torch_module(
+        tmp_path, write(tmp_path, EXTRA_SPECS["numbered"]), "numbered"
+    )
+    model = module.build_model().eval()
+    assert [b.extra is None for b in model.layer1] == [False, True, True]
+    assert 'options["index"] = i' in (out / "model.py").read_text()
+    assert sum(p.numel() for p in model.parameters()) == analysis.params
+    x = torch.randn(2, 8, 6, 6)
+    with torch.no_grad():
+        second = model.layer1[1]
+        expected = torch.nn.functional.gelu(torch.relu(second.bn1(second.conv1(x)))) + x
+        assert torch.allclose(second(x), expected, atol=1e-6)
+
+
+def test_index_is_the_stages_to_give(tmp_path):
+    text = """block m(planes, stride = 1, index = 0) {
+    c: conv 3x3 planes, stride stride
+    add shortcut
+}
+""" + NET.format(extra="").replace("block    basic", "block    m, index 2").replace(
+        "shortcut A", "shortcut B"
+    )
+    rendered = check(write(tmp_path, text)).render()
+    assert "`index` of a block is set by the stage" in rendered, rendered

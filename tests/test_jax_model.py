@@ -144,6 +144,30 @@ network dataflow {
     stage: 2 x 16, stride 2, block bottle2neck, scale 4, base_width 32
 }
 """,
+    # an `if` on the block's place in its stage (`index`), chosen in forward
+    "numbered": """
+block marked(planes, stride = 1, index = 0) {
+    conv1: conv 3x3 planes, stride stride
+    bn1:   batchnorm
+           relu
+    if index == 0 {
+        extra: conv 1x1 planes
+    } else {
+        gelu
+    }
+           add shortcut
+}
+
+network numbered {
+    input    3x19x21
+    classes  4
+    stem     cifar, width 8
+    block    marked
+    shortcut B
+    stage: 3 x 8
+    stage: 2 x 16, stride 2
+}
+""",
     # small enough to initialise for real
     "tiny_init": """
 network tiny_init {
@@ -341,7 +365,9 @@ def test_the_checked_specs_stand_for_the_whole_library():
     assert len(set(CHECKED.values())) < len(SPECS) * 2 // 3
 
 
-@pytest.mark.parametrize("name", ["mixed_post", "mixed_pre", "preact_d", "defined", "dataflow"])
+@pytest.mark.parametrize(
+    "name", ["mixed_post", "mixed_pre", "preact_d", "defined", "dataflow", "numbered"]
+)
 def test_constructs_beyond_the_spec_library_match_torch(compiled, name):
     check_network(compiled, name)
 

@@ -174,5 +174,5 @@ def module_doc(lowered: Lowered, spec: ir.Spec, analysis: Analysis, flax: bool =
 def stage_extras(lowered: Lowered) -> list[str]:
     """Constructor arguments of the stages' classes that are neither the stage's width, stride,
     dilation nor drop rate: a block option that differs from stage to stage."""
-    given = {"planes", "stride", "dilation", "drop_path"}
+    given = {"planes", "stride", "dilation", "drop_path", "index"}
     return sorted({v for c in lowered.stage_classes for v in c.variables} - given)

@@ -21,6 +21,7 @@ FROM_THE_STAGE = {
     "stride": "the stage (`, stride 2` on the stage)",
     "dilation": "the stage (`, dilation 2` on the stage)",
     "drop_path": "the network's `drop_path RATE` (rising over the blocks)",
+    "index": "the stage (the block's place in it: 0 for the first)",
 }
 STAGE_OPTIONS = ("stride", "dilation", "shortcut", "block")
 

@@ -703,6 +703,9 @@ def _resnet(printer: JaxModel, net) -> str:
         if "drop_path" in cls.variables:
             first_args.append(f"drop_path=rates[{first}]")
             rest_args.append(f"drop_path=rates[{first} + i]")
+        if "index" in cls.variables:  # the block's place in its stage
+            first_args.append("index=0")
+            rest_args.append("index=i")
         first_args += common
         rest_args += common
         attr = stage.attr.replace(".", "_")  # stages.0 -> stages_0_0, ... (byobnet's names)

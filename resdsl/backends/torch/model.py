@@ -697,7 +697,8 @@ def _resnet(printer: TorchModel, net) -> str:
     drop = net.drop_path > 0
     extras = stage_extras(lowered)
     many = bool(kinds) and (len(kinds) > 1 or "none" in {st.shortcut for st in net.stages})
-    generic = len(stage_classes) > 1 or many or dilated or drop or bool(extras)
+    numbered = any("index" in c.variables for c in stage_classes)  # the block's place
+    generic = len(stage_classes) > 1 or many or dilated or drop or bool(extras) or numbered
     init = [
         f"def __init__(self, num_classes: int = {net.classes}) -> None:",
         "    super().__init__()",
@@ -785,7 +786,7 @@ def _resnet(printer: TorchModel, net) -> str:
             init += [
                 f"            nn.init.zeros_(m.{attr}.weight)" for attr in printer.zero_init[c.name]
             ]
-    methods = [init, _make_layer(printer, kinds, generic, dilated, drop, extras)]
+    methods = [init, _make_layer(printer, kinds, generic, dilated, drop, extras, numbered)]
     if kinds:
         if len(kinds) == 1:
             methods.append(printer.shortcut_method(kinds[0], "_downsample"))
@@ -857,7 +858,8 @@ def _features(printer: TorchModel, net) -> str:
     return str(printer.lowered.features)
 
 
-def _make_layer(printer: TorchModel, kinds, generic: bool, dilated, drop, extras) -> list[str]:
+def _make_layer(printer: TorchModel, kinds, generic: bool, dilated, drop, extras,
+                numbered: bool = False) -> list[str]:  # fmt: skip
     lowered = printer.lowered
     classes = lowered.stage_classes
     if not generic:
@@ -927,6 +929,8 @@ def _make_layer(printer: TorchModel, kinds, generic: bool, dilated, drop, extras
         lines.append('        options["dilation"] = previous_dilation if i == 0 else dilation')
     if drop:
         lines.append('        options["drop_path"] = drop_path[i] if drop_path else 0.0')
+    if numbered:
+        lines.append('        options["index"] = i  # the block\'s place in its stage')
     for name in extras:
         lines.append(f'        options["{name}"] = {name}')
     lines += [f"        layers.append({block}(self.inplanes, planes, block_stride, **options))",
