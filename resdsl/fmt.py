@@ -229,6 +229,8 @@ def _join(tokens: list[_Tok], offsets: list[int], start: int = 0, header: bool =
             sep = ""
         elif previous.unary or (header and index == 2 and token.text == "("):
             sep = ""
+        elif token.text == "(" and previous.text in s.FUNCTIONS:  # a call: max(a, b)
+            sep = ""
         else:
             sep = " "
         out += sep
@@ -240,7 +242,7 @@ def _join(tokens: list[_Tok], offsets: list[int], start: int = 0, header: bool =
 
 def _render_first(body: _Body, stmt: _Stmt, offsets: list[int]) -> str:
     tokens = stmt.pieces[0].tokens
-    header = stmt.depth == 0 and tokens[0].text in ("block", "stem", "shortcut")
+    header = stmt.depth == 0 and tokens[0].text in ("block", "stem", "shortcut", "head")
     if not _aligned(body, tokens):
         return _join(tokens, offsets, header=header)
     if body.kind == "keyword":

@@ -343,3 +343,31 @@ def test_new_writes_formatted_specs(tmp_path, capsys):
         assert run_cli(["new", f"specs/new{i}.res", "--from", base], capsys)[0] == 0
     code, out, _ = run_cli(["fmt", "--check", *(f"specs/new{i}.res" for i in range(3))], capsys)
     assert (code, out) == (0, "")
+
+
+def test_calls_and_the_dataflow_statements_keep_their_layout():
+    """A function's parentheses stay on its name (`max(a, b)`, not `max (a, b)`), a head
+    definition's header reads as a block's, and `each`, `keep`, `add NAME` lay out as layers."""
+    text = """head h(features, act = relu) {
+    c: conv 1x1 max(features, 8)
+}
+
+block b(planes, stride = 1) {
+    k = floor(log2(planes) + 0.5)
+    first = stride > 1 or inplanes != planes
+    c1: conv 3x3 planes, stride stride
+        split 2
+    each i {
+        if i > 0 {
+            add previous
+        }
+        p: conv 3x3 planes // 2, dilation i + 1
+    }
+        keep v
+        concat
+        multiply v
+        add shortcut
+}
+"""
+    assert format_text(text) == text
+    assert format_text(text.replace("max(features", "max (features")) == text
