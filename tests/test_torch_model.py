@@ -58,7 +58,10 @@ def test_every_spec_builds_counts_runs_and_trains(compiled, spec_path):
     with torch.no_grad():
         x = torch.randn(2, channels, height, width)
         assert model(x).shape == (2, analysis.network.classes)
-        assert list(model.forward_features(x[:1]).shape[1:]) == list(analysis.stages[-1].out)
+        # the features: the last stage's output, or a head definition's layers after it
+        neck = analysis.lowered.neck
+        features = neck.out if neck else analysis.stages[-1].out
+        assert list(model.forward_features(x).shape[1:]) == list(features)
     # The graph is the same at any input size: backward on a small one (64x64 at most).
     small = torch.randn(2, channels, min(height, 64), min(width, 64))
     model(small).square().mean().backward()
