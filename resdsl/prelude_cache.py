@@ -1,6 +1,6 @@
 """The parsed prelude and recipes (the .res files shipped in the package), kept beside their
 bytecode in `__pycache__/`: parsing them is most of the front end's work for a small spec, and
-they change only with resdsl itself.
+they change only with resdsl itself. A process decodes each file once.
 
 The cache is JSON (never code): syntax nodes by class name, each checked against the classes of
 `syntax.py` on the way in. A missing, stale (another hash of the prelude) or unreadable cache is
@@ -46,6 +46,15 @@ def _decode(value):
     return value
 
 
+PARTS = ("params", "networks", "trains", "definitions")
+# (path, digest) -> the file's parts, decoded once a process: the syntax nodes are immutable
+_decoded: dict[tuple[str, str], tuple[tuple, ...]] = {}
+
+
+def _spec_file(shown: str, parts: tuple[tuple, ...]) -> s.SpecFile:
+    return s.SpecFile(shown, **{name: list(part) for name, part in zip(PARTS, parts, strict=True)})
+
+
 def load(path: Path, parse) -> s.SpecFile | None:
     """A package file's syntax: from the cache when it matches the text, else parsed (and
     cached). Its spans name the file by its absolute path."""
@@ -53,32 +62,24 @@ def load(path: Path, parse) -> s.SpecFile | None:
     text = path.read_text(encoding="utf-8")
     remember_source(shown, text)
     digest = hashlib.sha256((SCHEMA + text).encode()).hexdigest()[:20]
+    if (shown, digest) in _decoded:
+        return _spec_file(shown, _decoded[shown, digest])
     cache = path.parent / "__pycache__" / f"{path.stem}.{digest}.json"
     try:
         data = json.loads(cache.read_text(encoding="utf-8"))
         if data["path"] == shown:
-            return s.SpecFile(
-                shown,
-                params=list(_decode(data["params"])),
-                networks=list(_decode(data["networks"])),
-                trains=list(_decode(data["trains"])),
-                definitions=list(_decode(data["definitions"])),
-            )
+            _decoded[shown, digest] = tuple(_decode(data[part]) for part in PARTS)
+            return _spec_file(shown, _decoded[shown, digest])
     except (OSError, ValueError, KeyError, TypeError):
         pass
     report = Report()
     spec = parse(text, shown, report)
     if spec is None or report.diagnostics:  # pragma: no cover - the prelude is tested
         return spec
-    payload = json.dumps(
-        {
-            "path": shown,
-            **{
-                part: _encode(getattr(spec, part))
-                for part in ("params", "networks", "trains", "definitions")
-            },
-        }
-    )
+    payload = json.dumps({"path": shown, **{part: _encode(getattr(spec, part)) for part in PARTS}})
+    # as the cached file gives it back (tuples all through) to the process's later calls
+    data = json.loads(payload)
+    _decoded[shown, digest] = tuple(_decode(data[part]) for part in PARTS)
     try:
         cache.parent.mkdir(exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=cache.parent, suffix=".tmp")
