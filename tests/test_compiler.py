@@ -405,9 +405,13 @@ def test_the_backends_read_forms_not_syntax():
 # --- the differential generator ---------------------------------------------------------------
 
 CHUNKS, PER_CHUNK = 7, 4  # 28 specs of 7 or 8 definitions each: 200 or so cases
+QUICK = 5  # the chunks of `make test`; the long lane runs the rest
 
 
-@pytest.mark.parametrize("chunk", range(CHUNKS))
+@pytest.mark.parametrize(
+    "chunk",
+    [*range(QUICK), *(pytest.param(c, marks=pytest.mark.long) for c in range(QUICK, CHUNKS))],
+)
 def test_random_definitions_build_what_summary_counts_in_both_backends(tmp_path, chunk):
     """Training mode is compared for every third network (it doubles the JAX compilation)."""
     generated = list(specs(CHUNKS * PER_CHUNK, seed=2026))[chunk * PER_CHUNK :][:PER_CHUNK]

@@ -3,8 +3,11 @@ and gives the PyTorch package's logits once its weights go through `from_torch`;
 ResNet-D on odd sizes, the constructs no spec in specs/ combines, initialisation, training-mode BN,
 determinism, imports, and conversion errors.
 
-The networks run op by op: compiling them with jax.jit costs far more than it saves for one call on
-a CPU (measured: resnet152 8 s compiled against 1 s op by op at 64x64, resnet1202 12 minutes
+The library's networks are compared at two blocks a stage (every block class, repeated less),
+compiled with jax.jit: the many small operations of a published network (Res2Net's chain, split
+attention) are slow op by op (res2net50_26w_4s: 10 s against 3.4 s compiled). The long lane compares
+them at their full depths op by op: compiling a deep network costs far more than it saves for one
+call on a CPU (measured: resnet152 8 s compiled against 1 s op by op at 64x64, resnet1202 12 minutes
 against 9 s).
 """
 
@@ -21,7 +24,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from resdsl.analysis import analyse
 from resdsl.compile import build_files, compile_spec
+from resdsl.diagnostics import Report
 from resdsl.frontend import load_spec
 from tests.helpers import ROOT, SPECS
 
@@ -208,25 +213,40 @@ def compiled(tmp_path_factory):
     root = tmp_path_factory.mktemp("jax")
     cache = {}
 
-    def get(spec_path: str):
-        if spec_path not in cache:
+    def get(spec_path: str, shallow: bool = False):
+        if (spec_path, shallow) not in cache:
             if spec_path in EXTRA_SPECS:
                 path = root / f"{spec_path}.res"
                 path.write_text(EXTRA_SPECS[spec_path])
                 spec, analysis = load_spec(path)
             else:
                 spec, analysis = load_spec(spec_path)
-            tag = spec_path.replace("/", "_").removesuffix(".res")
+            if shallow:
+                spec, analysis = two_blocks_a_stage(spec)
+            tag = spec_path.replace("/", "_").removesuffix(".res") + ("_shallow" if shallow else "")
             compile_spec(spec, analysis, backend="jax", output=root / f"{tag}_jax")
             # the PyTorch reference needs only its model.py
             model_only = spec.model_copy(update={"train": None})
             compile_spec(model_only, analysis, backend="torch", output=root / f"{tag}_torch")
             jax_package = load_package(root / f"{tag}_jax", f"resdsl_jax_{tag}")
             torch_module = load_module(root / f"{tag}_torch" / "model.py", f"resdsl_torch_{tag}")
-            cache[spec_path] = (jax_package, torch_module, analysis)
-        return cache[spec_path]
+            cache[spec_path, shallow] = (jax_package, torch_module, analysis)
+        return cache[spec_path, shallow]
 
     return get
+
+
+def two_blocks_a_stage(spec):
+    """`spec` with each stage cut to its first two blocks (the first, which may change the width
+    and the resolution, and one of the rest), and its analysis: the same block classes and layers,
+    repeated less."""
+    net = spec.network
+    stages = [stage.model_copy(update={"blocks": min(stage.blocks, 2)}) for stage in net.stages]
+    spec = spec.model_copy(update={"network": net.model_copy(update={"stages": stages})})
+    report = Report()
+    analysis = analyse(spec, report)
+    assert analysis is not None, report
+    return spec, analysis
 
 
 def randomised_torch_model(module, channels: int, height: int, width: int, seed: int = 0):
@@ -276,11 +296,12 @@ def nhwc(images) -> jax.Array:
     return jnp.asarray(images.numpy().transpose(0, 2, 3, 1))
 
 
-def max_logit_difference(package, torch_model, images) -> float:
+def max_logit_difference(package, torch_model, images, compiled: bool = False) -> float:
     with torch.no_grad():
         expected = torch_model(images).numpy()
     variables = package.from_torch(state_dict_arrays(torch_model))
-    got = np.asarray(package.logits(variables, nhwc(images)))
+    logits = jax.jit(package.logits) if compiled else package.logits
+    got = np.asarray(logits(variables, nhwc(images)))
     assert got.shape == expected.shape
     return float(np.abs(got - expected).max())
 
@@ -306,8 +327,10 @@ def stage_shapes(package, analysis, variables) -> list[tuple[int, ...]]:
     return [captured[name]["__call__"][0].shape for name in last]
 
 
-def check_network(compiled, spec_path: str, size: int | None = None, batch: int = 2) -> None:
-    package, torch_module, analysis = compiled(spec_path)
+def check_network(
+    compiled, spec_path: str, size: int | None = None, batch: int = 2, shallow: bool = False
+) -> None:
+    package, torch_module, analysis = compiled(spec_path, shallow)
     net = analysis.network
     variables = jax.eval_shape(package.init_variables)
     bn = "batchnorm" in analysis.lowered.kinds  # a GroupNorm network keeps no statistics
@@ -323,12 +346,12 @@ def check_network(compiled, spec_path: str, size: int | None = None, batch: int 
         height, width = min(height, size), min(width, size)
     model = randomised_torch_model(torch_module, channels, height, width)
     images = torch.randn(batch, channels, height, width, generator=torch.Generator().manual_seed(2))
-    assert max_logit_difference(package, model, images) <= TOLERANCE
+    assert max_logit_difference(package, model, images, compiled=shallow) <= TOLERANCE
 
 
-def network_form(spec_path: str) -> str:
+def network_form(spec) -> str:
     """A spec's network but for its name and the number of blocks of each stage."""
-    net = load_spec(spec_path)[0].network
+    net = spec.network
     stages = tuple(stage.model_copy(update={"blocks": 1}) for stage in net.stages)
     return net.model_copy(update={"name": "n", "stages": stages}).model_dump_json()
 
@@ -339,11 +362,14 @@ def _checked() -> dict[str, str]:
     nets of 20 to 1202 layers; a network under another train section), the one with the fewest
     parameters. The generated classes are the same; only their repetition differs."""
     forms: dict[str, list[str]] = {}
+    params = {}
     for spec_path in SPECS:
-        forms.setdefault(network_form(spec_path), []).append(spec_path)
+        spec, analysis = load_spec(spec_path)
+        forms.setdefault(network_form(spec), []).append(spec_path)
+        params[spec_path] = analysis.params
 
     def smallest(spec: str) -> tuple:  # a plain name first among equals: resnet50, not _v2
-        return load_spec(spec)[1].params, "_" in spec.rsplit("/", 1)[-1], spec
+        return params[spec], "_" in spec.rsplit("/", 1)[-1], spec
 
     return {spec: min(group, key=smallest) for group in forms.values() for spec in group}
 
@@ -353,6 +379,14 @@ CHECKED = _checked()
 
 @pytest.mark.parametrize("spec_path", sorted(set(CHECKED.values())))
 def test_every_spec_counts_and_matches_torch(compiled, spec_path):
+    """At two blocks a stage: every block class and layer of the spec, at a fraction of the cost
+    of the deep networks (the trainers of `make test-long` run every spec at its full depth)."""
+    check_network(compiled, spec_path, size=TEST_SIZE, shallow=True)
+
+
+@pytest.mark.long
+@pytest.mark.parametrize("spec_path", sorted(set(CHECKED.values())))
+def test_every_spec_at_its_full_depth_counts_and_matches_torch(compiled, spec_path):
     check_network(compiled, spec_path, size=TEST_SIZE)
 
 

@@ -41,9 +41,8 @@ def scaled_step(step):
     return step if sizes is None else step.model_copy(update=sizes)
 
 
-def stand_in(spec_path: str, directory: Path) -> ir.Spec:
+def stand_in(spec: ir.Spec, directory: Path) -> ir.Spec:
     """The small network with the spec's random layers, trained by the spec's train section."""
-    spec = load_spec(spec_path)[0]
     net, train = spec.network, spec.train
     folder = train.data.kind == "imagefolder"
     size = FOLDER_SIZE if folder else net.input[1]
@@ -104,8 +103,9 @@ def _stand_ins() -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory() as directory:
         for spec_path in SPECS:
-            if load_spec(spec_path)[0].train is not None:
-                found.setdefault(_key(stand_in(spec_path, Path(directory))), []).append(spec_path)
+            spec = load_spec(spec_path)[0]
+            if spec.train is not None:
+                found.setdefault(_key(stand_in(spec, Path(directory))), []).append(spec_path)
     return {specs[0]: specs for specs in found.values()}
 
 
@@ -130,7 +130,7 @@ def tree(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("backend", ["torch", "jax"])
 @pytest.mark.parametrize("spec_path", sorted(STAND_INS))
 def test_the_trainer_of_every_library_spec_runs(spec_path, backend, tmp_path, tree):
-    spec = stand_in(spec_path, tmp_path)
+    spec = stand_in(load_spec(spec_path)[0], tmp_path)
     _, analysis = load_spec(tmp_path / "n.res")
     package = compile_spec(spec, analysis, backend=backend, output=tmp_path / "pkg", force=True)
     folder = spec.train.data.kind == "imagefolder"
