@@ -51,6 +51,34 @@ def test_skresnet18_is_timms(tmp_path):
     assert analysis.depth == 18  # one path of each selective kernel, and not its attention
 
 
+# The next variants a researcher writes: a few lines on a library spec, each timm's model.
+NEXT = {
+    "ecaresnet26t": ("timm/ecaresnet50d.res", "stem  tiered", (2, 2, 2, 2), 16_011_916),
+    "resnest14d": ("timm/resnest50d.res", "", (1, 1, 1, 1), 10_611_688),
+    "gcresnext26ts": (
+        "timm/gcresnet50t.res",
+        "stem  tiered_byob, act silu, pool max\n"
+        "    block byob_bottleneck, attn_layer gca, act silu, group_size 32",
+        (2, 2, 2, 2),
+        10_476_600,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NEXT))
+def test_the_next_variants_are_a_few_lines(tmp_path, name):
+    from tests.helpers import ROOT
+
+    base, change, blocks, params = NEXT[name]
+    stages = "\n".join(
+        f"    stage conv{i + 2}_x: {n} x {64 << i}{', stride 2' if i else ''}"
+        for i, n in enumerate(blocks)
+    )
+    text = f'network {name} extends "{ROOT / "specs" / base}" {{\n    {change}\n{stages}\n}}\n'
+    assert len(text.splitlines()) <= 8
+    timms(tmp_path, write(tmp_path, text), name, params)
+
+
 # --- each construct, by hand ----------------------------------------------------------------
 
 GATES = """block gated(planes, stride = 1) {
