@@ -76,10 +76,10 @@ def load(path: Path, parse) -> s.SpecFile | None:
     spec = parse(text, shown, report)
     if spec is None or report.diagnostics:  # pragma: no cover - the prelude is tested
         return spec
-    payload = json.dumps({"path": shown, **{part: _encode(getattr(spec, part)) for part in PARTS}})
+    encoded = {part: _encode(getattr(spec, part)) for part in PARTS}
     # as the cached file gives it back (tuples all through) to the process's later calls
-    data = json.loads(payload)
-    _decoded[shown, digest] = tuple(_decode(data[part]) for part in PARTS)
+    _decoded[shown, digest] = tuple(_decode(encoded[part]) for part in PARTS)
+    payload = json.dumps({"path": shown, **encoded})
     try:
         cache.parent.mkdir(exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=cache.parent, suffix=".tmp")

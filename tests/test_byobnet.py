@@ -81,6 +81,21 @@ def test_layout_and_head_mistakes_are_located(tmp_path, extra, message):
     assert "Traceback" not in rendered and all(d.span for d in report.diagnostics), rendered
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("attn_layer gca", "group_size 3", "a positive divisor of the block's width"),
+        ("attn_layer gca", "group_size -8", "a positive divisor of the block's width"),
+        ("width 16", "pool avg", "pool is none or max"),
+    ],
+)
+def test_group_size_and_stem_pool_mistakes_are_located(tmp_path, old, new, message):
+    report = check(write(tmp_path, BYOB.format(extra="").replace(old, new)))
+    rendered = report.render()
+    assert report.failed and message in rendered, rendered
+    assert "Traceback" not in rendered and all(d.span for d in report.diagnostics), rendered
+
+
 def test_a_head_definition_names_its_layers_as_the_network_does(tmp_path):
     text = """head bad(features) {
     fc: conv 1x1 features

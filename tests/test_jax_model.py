@@ -380,7 +380,7 @@ CHECKED = _checked()
 @pytest.mark.parametrize("spec_path", sorted(set(CHECKED.values())))
 def test_every_spec_counts_and_matches_torch(compiled, spec_path):
     """At two blocks a stage: every block class and layer of the spec, at a fraction of the cost
-    of the deep networks (the trainers of `make test-long` run every spec at its full depth)."""
+    of the deep networks (`make test-long` compares them at their full depths, below)."""
     check_network(compiled, spec_path, size=TEST_SIZE, shallow=True)
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from resdsl import prelude_cache
 from resdsl.definitions import PRELUDE
+from resdsl.diagnostics import Report
 from resdsl.parse import parse_text
 
 
@@ -22,8 +23,6 @@ def prelude(tmp_path, monkeypatch):
 
 
 def parsed(path):
-    from resdsl.diagnostics import Report
-
     return parse_text(path.read_text(), str(path), Report())
 
 
